@@ -1,0 +1,11 @@
+"""lmcl_fast: fused C++/CUDA ops and a trainer for local manifold contrastive learning (NR-IQA).
+
+Importing the package loads the compiled library (which registers the `torch.ops.lmcl` ops) and the
+Python side of each op (fake kernels for torch.compile, autograd formulas).
+"""
+from . import _C  # noqa: F401  (loads the library: runs the TORCH_LIBRARY registrations)
+from . import ops
+from ._C import build_info
+
+__all__ = ["ops", "build_info"]
+__version__ = "0.1.0"

@@ -1,0 +1,64 @@
+"""Shared test helpers: devices, seeds, the tolerance table, and the grid-runner build."""
+import glob
+import os
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PHOTOS = os.path.abspath(os.path.join(ROOT, "..", "shared", "data", "photos"))
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+# Every tolerance used by a test comes from here, with the reason (STYLE.md §3, SPEC.md).
+TOLERANCES = {
+    # SPEC §1.1: float32 output within 1e-5 absolute of the float64 reference before normalisation.
+    ("multi_crop", torch.float32): dict(atol=1e-5, rtol=0.0),
+    # SPEC §1.3: relative 1e-4 against the float64 mean.
+    ("crop_saliency", torch.float32): dict(rtol=1e-4, atol=0.0),
+    # STYLE §3: lmc_loss value and grads in float32 against a float64 reference.
+    ("lmc_loss", torch.float32): dict(rtol=1e-5, atol=1e-6),
+}
+
+
+def ulp(x: torch.Tensor) -> torch.Tensor:
+    """Spacing of the floating grid of x's dtype at |x| (the larger one at a power of two).
+
+    SPEC §1.1 allows fp16/bf16 output to differ from the rounded reference by one such unit.
+    """
+    finfo = torch.finfo(x.dtype)
+    a = x.abs().to(torch.float64)
+    exponent = torch.floor(torch.log2(a.clamp_min(finfo.smallest_normal)))
+    return torch.exp2(exponent - finfo.nmant).to(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def photos_dir():
+    if not os.path.isdir(PHOTOS):
+        pytest.skip(f"pristine photos not found at {PHOTOS}")
+    return PHOTOS
+
+
+@pytest.fixture(scope="session")
+def grid_runner():
+    """Build python_tests/grid_runner/*.cpp once: CPU stand-ins of every CUDA launcher, registered as
+    torch.ops.lmcl_grid.* ops (see grid_runner.h)."""
+    from torch.utils.cpp_extension import load
+
+    sources = sorted(glob.glob(os.path.join(ROOT, "python_tests", "grid_runner", "*.cpp")))
+    if not sources:
+        pytest.skip("no grid-runner sources")
+    load(
+        name="lmcl_grid_runner",
+        sources=sources,
+        extra_include_paths=[os.path.join(ROOT, "csrc"), os.path.join(ROOT, "python_tests", "grid_runner")],
+        extra_cflags=["-O2", "-g0", "-std=c++17"],
+        is_python_module=False,
+        verbose=False,
+    )
+    return torch.ops.lmcl_grid

@@ -1,0 +1,19 @@
+// The CPU stand-in for lmcl::launch_grid (csrc/cuda/launch.cuh): runs a kernel Body for every
+// (block, thread) of the launch, in the order a serial GPU would, so tests check that the launcher's
+// grid covers every output exactly once and that its bounds guards hold.
+#pragma once
+
+#include "kernels/common.h"
+
+namespace lmcl {
+
+template <typename Body>
+void run_grid_on_host(const typename Body::Params& params, LaunchConfig config) {
+  for (int64_t block = 0; block < config.blocks; ++block) {
+    for (int64_t thread = 0; thread < config.threads; ++thread) {
+      Body::run(params, GridIndex{block, thread, config.threads, config.blocks});
+    }
+  }
+}
+
+}  // namespace lmcl

@@ -1,0 +1,73 @@
+"""Build of the lmcl_fast extension.
+
+CPU kernels are always built (C++17, OpenMP). CUDA kernels are added when a CUDA build of torch and
+nvcc are both present (LMCL_CUDA=auto), forced with LMCL_CUDA=1 (error if impossible) or skipped with
+LMCL_CUDA=0. TORCH_CUDA_ARCH_LIST picks the archs (default "9.0"). DEBUG=1 builds -O0 -g.
+"""
+import glob
+import os
+import shutil
+
+import torch
+from setuptools import setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _nvcc_available() -> bool:
+    if CUDA_HOME and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")):
+        return True
+    return shutil.which("nvcc") is not None
+
+
+def _want_cuda() -> bool:
+    mode = os.environ.get("LMCL_CUDA", "auto").lower()
+    possible = torch.version.cuda is not None and _nvcc_available()
+    if mode in ("0", "off", "false"):
+        return False
+    if mode in ("1", "on", "true"):
+        if not possible:
+            raise RuntimeError(
+                "LMCL_CUDA=1 but the CUDA extension cannot be built: "
+                f"torch.version.cuda={torch.version.cuda!r}, nvcc found={_nvcc_available()}"
+            )
+        return True
+    if mode != "auto":
+        raise ValueError(f"LMCL_CUDA must be auto, 1 or 0, got {mode!r}")
+    return possible
+
+
+def _sources(pattern: str) -> list:
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def make_extension():
+    debug = os.environ.get("DEBUG", "0") == "1"
+    opt = ["-O0", "-g"] if debug else ["-O3", "-g0"]
+    with_cuda = _want_cuda()
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "9.0") if with_cuda else ""
+    if with_cuda:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+    cxx = opt + ["-std=c++17", "-fopenmp", f'-DLMCL_CUDA_ARCHS="{archs}"']
+    sources = ["csrc/init.cpp"] + _sources("csrc/ops/*.cpp") + _sources("csrc/cpu/*.cpp")
+    kwargs = dict(
+        name="lmcl_fast._C",
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_link_args=["-fopenmp"],
+    )
+    if with_cuda:
+        nvcc = opt + ["-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        return CUDAExtension(
+            sources=sources + _sources("csrc/cuda/*.cu"),
+            define_macros=[("LMCL_WITH_CUDA", "1")],
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            **kwargs,
+        )
+    return CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **kwargs)
+
+
+setup(
+    ext_modules=[make_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
+)
