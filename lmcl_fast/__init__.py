@@ -3,6 +3,8 @@
 Importing the package loads the compiled library (which registers the `torch.ops.lmcl` ops) and the
 Python side of each op (fake kernels for torch.compile, autograd formulas).
 """
+import torch  # noqa: F401  (loads libtorch, which _C links against)
+
 from . import _C  # noqa: F401  (loads the library: runs the TORCH_LIBRARY registrations)
 from . import ops
 from ._C import build_info
