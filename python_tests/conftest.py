@@ -43,6 +43,14 @@ def ulp(x: torch.Tensor) -> torch.Tensor:
     return torch.exp2(exponent - finfo.nmant).to(torch.float64)
 
 
+@pytest.fixture(scope="session")
+def tolerances():
+    """TOLERANCES as a fixture. `from conftest import TOLERANCES` is not safe in python_tests: when pytest
+    collects python_tests/ and bench/ together (CI's testpaths), both files are modules named `conftest` and
+    the name resolves to bench/conftest.py."""
+    return TOLERANCES
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

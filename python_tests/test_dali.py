@@ -11,8 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import DEVICES, TOLERANCES
-
 pytest.importorskip("nvidia.dali", reason="NVIDIA DALI (pip install 'lmcl_fast[dali]') is not installed")
 
 import lmcl_fast  # noqa: E402
@@ -62,8 +60,8 @@ def test_mixed_sizes_padding_and_modes(photos_dir, tmp_path):
     assert_same_batches(IQADataset(tmp_path, write_csv(tmp_path / "l.csv", list(variants))))
 
 
-def test_jpeg_within_measured_bound(photos_dir, tmp_path):
-    tol = TOLERANCES[("dali_decode_jpeg_cpu", torch.uint8)]
+def test_jpeg_within_measured_bound(photos_dir, tmp_path, tolerances):
+    tol = tolerances[("dali_decode_jpeg_cpu", torch.uint8)]
     src = Image.open(os.path.join(photos_dir, PHOTO_NAMES[1])).crop((0, 0, 160, 120))
     names = []
     for quality in (5, 30, 75, 95):
@@ -97,7 +95,7 @@ def test_corrupt_files_skipped_by_name(photos_dir, tmp_path):
     assert [b["names"] for b in dali] == [["a.png"], ["b.jpg"], []]
 
 
-@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device (DALI mixed decoding)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (DALI mixed decoding)")
 def test_gpu_decoding_png_equals_pillow(photos_dir, tmp_path):
     names = [n for n in PHOTO_NAMES if n.endswith(".png")]
     ds = IQADataset(photos_dir, write_csv(tmp_path / "l.csv", names))

@@ -7,7 +7,6 @@ trainer sees identical batches whichever decoder runs.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 
@@ -23,8 +22,12 @@ DECODERS = ("auto", "pillow", "dali")
 
 
 def dali_available() -> bool:
-    """True when NVIDIA DALI (`nvidia-dali-cuda130`, the `dali` extra) is importable."""
-    return importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.dali") is not None
+    """True when NVIDIA DALI (`nvidia-dali-cuda130`, the `dali` extra) imports."""
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _batch_to(batch: dict, device: torch.device) -> dict:
@@ -130,10 +133,10 @@ class DaliLoader(_Loader):
 
         pipe = self._pipeline()
         pipe.feed_input("raw", data)
-        images, padded = pipe.run()
+        stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+        images, padded = pipe.run(stream)  # outputs ready in the order of torch's current stream
         dense = padded.as_tensor()
         out = torch.empty(dense.shape(), dtype=torch.uint8, device=self.device)
-        stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
         feed_ndarray(dense, out, cuda_stream=stream)
         shapes = images.shape()
         heights = torch.tensor([s[0] for s in shapes], dtype=torch.int64)
