@@ -6,7 +6,6 @@ nvidia-dali-cuda130) is not installed.
 import io
 import os
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
