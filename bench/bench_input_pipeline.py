@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import lmcl_fast
-from conftest import record
+from _harness import record
 from lmcl_fast.data import IQADataset, dali_available, make_loader, random_crops
 
 PHOTOS = os.environ.get("LMCL_PHOTOS") or os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
