@@ -21,13 +21,14 @@ void multi_crop_cpu_typed(const at::Tensor& images, const at::Tensor& boxes64, c
   const auto p = make_multi_crop_params<in_t, out_t>(images, boxes64, flip, affine, out);
   const int64_t crops = p.B * p.N;
   // Column taps once per crop (torchvision roi_align_common.h style), reused by every row and channel.
-  std::vector<CropTap> col_taps(static_cast<size_t>(crops * p.out_w));
+  using acc_t = typename MultiCropParams<in_t, out_t>::acc_t;
+  std::vector<CropTap<acc_t>> col_taps(static_cast<size_t>(crops * p.out_w));
   at::parallel_for(0, crops, std::max<int64_t>(1, 4096 / p.out_w), [&](int64_t begin, int64_t end) {
     for (int64_t bn = begin; bn < end; ++bn) {
       const CropBox box = load_box(p.boxes, bn, p.H, p.W);
       const bool flipped = crop_flipped(p, bn);
       for (int64_t x = 0; x < p.out_w; ++x) {
-        col_taps[bn * p.out_w + x] = crop_col_tap(x, flipped, box.width, p.out_w);
+        col_taps[bn * p.out_w + x] = crop_col_tap<acc_t>(x, flipped, box.width, p.out_w);
       }
     }
   });

@@ -1,6 +1,5 @@
 // Host side of the CUDA multi_crop launch, kept free of the CUDA API so the grid-runner test
-// (python_tests/grid_runner/multi_crop_grid.cpp) runs exactly this code on CPU tensors: argument and
-// box checks, output allocation, tensor -> Params, the launch configuration, and the dtype dispatch.
+// (python_tests/grid_runner/multi_crop_grid.cpp) runs exactly this code on CPU tensors: the box check, output allocation, tensor -> Params, the launch configuration, and the dtype dispatch.
 // The caller supplies the launcher (launch_grid on the GPU, run_grid_on_host in the test).
 #pragma once
 
@@ -47,14 +46,13 @@ void launch_multi_crop_typed(const at::Tensor& images, const at::Tensor& boxes64
   launcher(MultiCropBody<kC, in_t, out_t>{}, p, multi_crop_launch_config(out.numel() / p.C, threads, max_blocks));
 }
 
-// multi_crop through a grid launcher: one call = checks, at most one device -> host read (the box check),
-// one launch.
+// multi_crop through a grid launcher, after check_multi_crop_args (the caller's): one device -> host read
+// (the box check), one launch.
 template <typename Launcher>
 at::Tensor multi_crop_grid(const at::Tensor& images, const at::Tensor& boxes, at::IntArrayRef size,
                            const std::optional<at::ArrayRef<double>>& mean,
                            const std::optional<at::ArrayRef<double>>& std, const std::optional<at::Tensor>& flip,
                            at::ScalarType out_dtype, const Launcher& launcher, int64_t threads, int64_t max_blocks) {
-  check_multi_crop_args(images, boxes, size, mean, std, flip, out_dtype);
   const bool u8 = images.scalar_type() == at::kByte;
   const int64_t C = multi_crop_channels(images);
   const int64_t H = u8 ? images.size(1) : images.size(2);
@@ -85,13 +83,13 @@ at::Tensor multi_crop_grid(const at::Tensor& images, const at::Tensor& boxes, at
   return out;
 }
 
-// _multi_crop_backward through a grid launcher: float32 [B, C, H, W] gradient of the images.
+// _multi_crop_backward through a grid launcher, after check_multi_crop_backward_args (the caller's):
+// float32 [B, C, H, W] gradient of the images.
 template <typename Launcher>
 at::Tensor multi_crop_backward_grid(const at::Tensor& grad, const at::Tensor& boxes,
                                     const std::optional<at::ArrayRef<double>>& std,
                                     const std::optional<at::Tensor>& flip, int64_t height, int64_t width,
                                     const Launcher& launcher, int64_t threads, int64_t max_blocks) {
-  check_multi_crop_backward_args(grad, boxes, std, flip, height, width);
   const int64_t C = grad.size(2);
   at::Tensor grad_images = at::zeros({grad.size(0), C, height, width}, grad.options().dtype(at::kFloat));
   if (grad.numel() == 0 || grad_images.numel() == 0) {

@@ -9,12 +9,25 @@
 
 namespace lmcl {
 
+// Compute type of the forward. float32 output: float math meets SPEC's 1e-5 with ~100x margin.
+// fp16/bf16 output: SPEC allows one ulp of the rounded reference, and where (v - mean) cancels to near
+// zero that ulp is far below float32's rounding of v (~6e-8 at v = 0.5), so the math runs in double.
+template <typename out_t>
+struct MultiCropAcc {
+  using type = double;
+};
+template <>
+struct MultiCropAcc<float> {
+  using type = float;
+};
+
 // Two source indices (relative to the crop) and their weights for one output index along one axis.
+template <typename acc_t>
 struct CropTap {
   int64_t i0;
   int64_t i1;
-  float l0;
-  float l1;
+  acc_t l0;
+  acc_t l1;
 };
 
 // ATen's upsample_bilinear2d rule (UpSample.h: area_pixel_compute_source_index, guard_index_and_lambda):
@@ -23,23 +36,24 @@ struct CropTap {
 // src = num / den with num = (2 dst + 1) in - out and den = 2 out is evaluated exactly in integers, so
 // only the final division rounds: at crop sizes of a few hundred pixels a float32 src would already be
 // off by ~3e-5 and break the 1e-5 bound against the float64 reference.
-LMCL_HD inline CropTap crop_tap(int64_t dst, int64_t in_size, int64_t out_size) {
+template <typename acc_t>
+LMCL_HD inline CropTap<acc_t> crop_tap(int64_t dst, int64_t in_size, int64_t out_size) {
   if (in_size == out_size) {
-    return CropTap{dst, dst, 1.f, 0.f};
+    return CropTap<acc_t>{dst, dst, acc_t(1), acc_t(0)};
   }
   const int64_t num = (2 * dst + 1) * in_size - out_size;
   const int64_t den = 2 * out_size;
   if (num <= 0) {  // src clamped at 0
-    return CropTap{0, in_size > 1 ? 1 : 0, 1.f, 0.f};
+    return CropTap<acc_t>{0, in_size > 1 ? 1 : 0, acc_t(1), acc_t(0)};
   }
   int64_t i0 = num / den;
-  float l1 = static_cast<float>(num - i0 * den) / static_cast<float>(den);
+  acc_t l1 = static_cast<acc_t>(num - i0 * den) / static_cast<acc_t>(den);
   if (i0 > in_size - 1) {  // unreachable for in, out >= 1 (src < in - 0.5); keeps reads in range
     i0 = in_size - 1;
-    l1 = 1.f;
+    l1 = acc_t(1);
   }
   const int64_t i1 = i0 < in_size - 1 ? i0 + 1 : i0;
-  return CropTap{i0, i1, 1.f - l1, l1};
+  return CropTap<acc_t>{i0, i1, acc_t(1) - l1, l1};
 }
 
 struct CropBox {
@@ -60,6 +74,7 @@ LMCL_HD inline CropBox load_box(const int64_t* boxes, int64_t bn, int64_t H, int
 
 template <typename in_t, typename out_t>
 struct MultiCropParams {
+  using acc_t = typename MultiCropAcc<out_t>::type;
   const in_t* images;          // read through strides (batch, channel, row, column)
   int64_t s_b, s_c, s_y, s_x;
   int64_t B, N, C, H, W;
@@ -68,8 +83,8 @@ struct MultiCropParams {
   int64_t flip_sb, flip_sn;
   out_t* out;                  // contiguous [B, N, C, out_h, out_w]
   int64_t out_h, out_w;
-  float scale[3];              // out = raw * scale[c] + shift[c]
-  float shift[3];
+  acc_t scale[3];              // out = raw * scale[c] + shift[c]
+  acc_t shift[3];
 };
 
 template <typename in_t, typename out_t>
@@ -78,35 +93,39 @@ LMCL_HD inline bool crop_flipped(const MultiCropParams<in_t, out_t>& p, int64_t 
 }
 
 // Column tap of output column x (flip applied: a mirrored crop reads column out_w - 1 - x).
-LMCL_HD inline CropTap crop_col_tap(int64_t x, bool flipped, int64_t width, int64_t out_w) {
-  return crop_tap(flipped ? out_w - 1 - x : x, width, out_w);
+template <typename acc_t>
+LMCL_HD inline CropTap<acc_t> crop_col_tap(int64_t x, bool flipped, int64_t width, int64_t out_w) {
+  return crop_tap<acc_t>(flipped ? out_w - 1 - x : x, width, out_w);
 }
 
 // One output pixel, all kC channels. r0, r1: the two source rows at the crop's left edge; o: the
 // channel-0 output element, channels `plane` apart. Same operation order as ATen's bilinear kernel.
-template <int kC, typename in_t, typename out_t>
-LMCL_HD inline void multi_crop_pixel(const in_t* r0, const in_t* r1, int64_t s_c, int64_t s_x, const CropTap& ty,
-                                     const CropTap& tx, const float* scale, const float* shift, out_t* o,
-                                     int64_t plane) {
+template <int kC, typename in_t, typename out_t, typename acc_t>
+LMCL_HD inline void multi_crop_pixel(const in_t* r0, const in_t* r1, int64_t s_c, int64_t s_x,
+                                     const CropTap<acc_t>& ty, const CropTap<acc_t>& tx, const acc_t* scale,
+                                     const acc_t* shift, out_t* o, int64_t plane) {
   const int64_t x0 = tx.i0 * s_x;
   const int64_t x1 = tx.i1 * s_x;
   for (int c = 0; c < kC; ++c) {
     const int64_t oc = c * s_c;
-    const float top = tx.l0 * static_cast<float>(r0[x0 + oc]) + tx.l1 * static_cast<float>(r0[x1 + oc]);
-    const float bot = tx.l0 * static_cast<float>(r1[x0 + oc]) + tx.l1 * static_cast<float>(r1[x1 + oc]);
-    const float v = ty.l0 * top + ty.l1 * bot;
-    o[c * plane] = static_cast<out_t>(v * scale[c] + shift[c]);
+    const acc_t top = tx.l0 * static_cast<acc_t>(r0[x0 + oc]) + tx.l1 * static_cast<acc_t>(r0[x1 + oc]);
+    const acc_t bot = tx.l0 * static_cast<acc_t>(r1[x0 + oc]) + tx.l1 * static_cast<acc_t>(r1[x1 + oc]);
+    const acc_t v = ty.l0 * top + ty.l1 * bot;
+    // out_t is constructible from float on host and device (c10::Half / c10::BFloat16).
+    o[c * plane] = static_cast<out_t>(static_cast<float>(v * scale[c] + shift[c]));
   }
 }
 
 // One output row (row = (b * N + n) * out_h + y); col_taps: this crop's out_w column taps (flip applied).
 // The CPU kernel precomputes col_taps once per crop and reuses them for every row and channel.
 template <int kC, typename in_t, typename out_t>
-LMCL_HD inline void multi_crop_row(const MultiCropParams<in_t, out_t>& p, int64_t row, const CropTap* col_taps) {
+LMCL_HD inline void multi_crop_row(const MultiCropParams<in_t, out_t>& p, int64_t row,
+                                   const CropTap<typename MultiCropParams<in_t, out_t>::acc_t>* col_taps) {
+  using acc_t = typename MultiCropParams<in_t, out_t>::acc_t;
   const int64_t y = row % p.out_h;
   const int64_t bn = row / p.out_h;
   const CropBox box = load_box(p.boxes, bn, p.H, p.W);
-  const CropTap ty = crop_tap(y, box.height, p.out_h);
+  const CropTap<acc_t> ty = crop_tap<acc_t>(y, box.height, p.out_h);
   const in_t* base = p.images + (bn / p.N) * p.s_b + box.left * p.s_x;
   const in_t* r0 = base + (box.top + ty.i0) * p.s_y;
   const in_t* r1 = base + (box.top + ty.i1) * p.s_y;
@@ -121,6 +140,7 @@ LMCL_HD inline void multi_crop_row(const MultiCropParams<in_t, out_t>& p, int64_
 template <int kC, typename in_t, typename out_t>
 struct MultiCropBody {
   using Params = MultiCropParams<in_t, out_t>;
+  using acc_t = typename Params::acc_t;
   static LMCL_HD void run(const Params& p, GridIndex g) {
     const int64_t plane = p.out_h * p.out_w;
     const int64_t items = p.B * p.N * plane;
@@ -129,8 +149,8 @@ struct MultiCropBody {
       const int64_t y = (i / p.out_w) % p.out_h;
       const int64_t bn = i / plane;
       const CropBox box = load_box(p.boxes, bn, p.H, p.W);
-      const CropTap ty = crop_tap(y, box.height, p.out_h);
-      const CropTap tx = crop_col_tap(x, crop_flipped(p, bn), box.width, p.out_w);
+      const CropTap<acc_t> ty = crop_tap<acc_t>(y, box.height, p.out_h);
+      const CropTap<acc_t> tx = crop_col_tap<acc_t>(x, crop_flipped(p, bn), box.width, p.out_w);
       const in_t* base = p.images + (bn / p.N) * p.s_b + box.left * p.s_x;
       multi_crop_pixel<kC>(base + (box.top + ty.i0) * p.s_y, base + (box.top + ty.i1) * p.s_y, p.s_c, p.s_x, ty, tx,
                            p.scale, p.shift, p.out + bn * p.C * plane + y * p.out_w + x, plane);
@@ -152,7 +172,8 @@ LMCL_HD inline void accumulate(float* dst, float v) {
 
 // Scatter one output gradient g (already divided by std) of one channel to its four source pixels.
 // r0, r1: the channel's two grad-image rows at the crop's left edge (column stride 1).
-LMCL_HD inline void multi_crop_tap_backward(float* r0, float* r1, const CropTap& ty, const CropTap& tx, float g) {
+LMCL_HD inline void multi_crop_tap_backward(float* r0, float* r1, const CropTap<float>& ty, const CropTap<float>& tx,
+                                            float g) {
   const float gt = ty.l0 * g;
   const float gb = ty.l1 * g;
   accumulate(r0 + tx.i0, tx.l0 * gt);
@@ -186,12 +207,12 @@ LMCL_HD inline void multi_crop_plane_backward(const MultiCropBackwardParams<g_t>
   const g_t* go = p.grad + (bn * p.C + c) * p.out_h * p.out_w;
   float* base = p.grad_images + ((bn / p.N) * p.C + c) * p.H * p.W + box.left;
   for (int64_t y = 0; y < p.out_h; ++y) {
-    const CropTap ty = crop_tap(y, box.height, p.out_h);
+    const CropTap<float> ty = crop_tap<float>(y, box.height, p.out_h);
     float* r0 = base + (box.top + ty.i0) * p.W;
     float* r1 = base + (box.top + ty.i1) * p.W;
     for (int64_t x = 0; x < p.out_w; ++x) {
       const float g = static_cast<float>(go[y * p.out_w + x]) * p.scale[c];
-      multi_crop_tap_backward(r0, r1, ty, crop_col_tap(x, flipped, box.width, p.out_w), g);
+      multi_crop_tap_backward(r0, r1, ty, crop_col_tap<float>(x, flipped, box.width, p.out_w), g);
     }
   }
 }
@@ -208,8 +229,8 @@ struct MultiCropBackwardBody {
       const int64_t y = (i / p.out_w) % p.out_h;
       const int64_t bn = i / plane;
       const CropBox box = load_box(p.boxes, bn, p.H, p.W);
-      const CropTap ty = crop_tap(y, box.height, p.out_h);
-      const CropTap tx = crop_col_tap(x, crop_flipped(p, bn), box.width, p.out_w);
+      const CropTap<float> ty = crop_tap<float>(y, box.height, p.out_h);
+      const CropTap<float> tx = crop_col_tap<float>(x, crop_flipped(p, bn), box.width, p.out_w);
       for (int64_t c = 0; c < p.C; ++c) {
         float* base = p.grad_images + ((bn / p.N) * p.C + c) * p.H * p.W + box.left;
         const float gv = static_cast<float>(p.grad[(bn * p.C + c) * plane + y * p.out_w + x]) * p.scale[c];

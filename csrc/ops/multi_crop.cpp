@@ -49,17 +49,6 @@ void check_boxes_and_flip(const char* op, const at::Tensor& boxes, const std::op
 
 }  // namespace
 
-int64_t multi_crop_channels(const at::Tensor& images) {
-  return images.scalar_type() == at::kByte ? images.size(3) : images.size(1);
-}
-
-std::array<int64_t, 4> multi_crop_image_strides(const at::Tensor& images) {
-  if (images.scalar_type() == at::kByte) {  // [B, H, W, C]
-    return {images.stride(0), images.stride(3), images.stride(1), images.stride(2)};
-  }
-  return {images.stride(0), images.stride(1), images.stride(2), images.stride(3)};  // [B, C, H, W]
-}
-
 void check_multi_crop_args(const at::Tensor& images, const at::Tensor& boxes, at::IntArrayRef size,
                            const std::optional<at::ArrayRef<double>>& mean,
                            const std::optional<at::ArrayRef<double>>& std,
@@ -99,26 +88,6 @@ void check_multi_crop_backward_args(const at::Tensor& grad, const at::Tensor& bo
                     width);
   check_channel_values(op, "std", std, grad.size(2));
   check_std_nonzero(op, std);
-}
-
-ChannelAffine multi_crop_affine(int64_t channels, double in_scale, const std::optional<at::ArrayRef<double>>& mean,
-                                const std::optional<at::ArrayRef<double>>& std) {
-  ChannelAffine affine{{0.f, 0.f, 0.f}, {0.f, 0.f, 0.f}};
-  for (int64_t c = 0; c < channels; ++c) {
-    const double m = mean.has_value() ? (*mean)[c] : 0.0;
-    const double s = std.has_value() ? (*std)[c] : 1.0;
-    affine.scale[c] = static_cast<float>(in_scale / s);
-    affine.shift[c] = static_cast<float>(-m / s);
-  }
-  return affine;
-}
-
-void fail_multi_crop_box(int64_t b, int64_t n, int64_t top, int64_t left, int64_t height, int64_t width, int64_t H,
-                         int64_t W) {
-  TORCH_CHECK_VALUE(false, "multi_crop: boxes must lie inside the image (top >= 0, left >= 0, top + height <= H, "
-                    "left + width <= W) with height, width >= 1; boxes[", b, ", ", n,
-                    "] = (top, left, height, width) = (", top, ", ", left, ", ", height, ", ", width,
-                    ") for an image of H x W = ", H, " x ", W);
 }
 
 void check_multi_crop_boxes_cpu(const at::Tensor& boxes64, int64_t H, int64_t W) {

@@ -31,24 +31,49 @@ void check_multi_crop_backward_args(const at::Tensor& grad, const at::Tensor& bo
                                     const std::optional<at::ArrayRef<double>>& std,
                                     const std::optional<at::Tensor>& flip, int64_t height, int64_t width);
 
+// The helpers below are inline (not in multi_crop.cpp) because the grid-runner test builds
+// csrc/cuda/multi_crop_launch.h without linking the library.
+
 // Channels of the images: dim 3 for uint8 NHWC, dim 1 for float32 NCHW.
-int64_t multi_crop_channels(const at::Tensor& images);
+inline int64_t multi_crop_channels(const at::Tensor& images) {
+  return images.scalar_type() == at::kByte ? images.size(3) : images.size(1);
+}
 
 // Strides of images as (batch, channel, row, column), whatever the memory layout.
-std::array<int64_t, 4> multi_crop_image_strides(const at::Tensor& images);
+inline std::array<int64_t, 4> multi_crop_image_strides(const at::Tensor& images) {
+  if (images.scalar_type() == at::kByte) {  // [B, H, W, C]
+    return {images.stride(0), images.stride(3), images.stride(1), images.stride(2)};
+  }
+  return {images.stride(0), images.stride(1), images.stride(2), images.stride(3)};  // [B, C, H, W]
+}
 
 // out = raw * scale[c] + shift[c] == (raw * in_scale - mean[c]) / std[c], with in_scale = 1/255 for
-// uint8 and 1 for float32 images.
+// uint8 and 1 for float32 images (kept in double; each kernel rounds to its compute type).
 struct ChannelAffine {
-  std::array<float, 3> scale;
-  std::array<float, 3> shift;
+  std::array<double, 3> scale;
+  std::array<double, 3> shift;
 };
-ChannelAffine multi_crop_affine(int64_t channels, double in_scale, const std::optional<at::ArrayRef<double>>& mean,
-                                const std::optional<at::ArrayRef<double>>& std);
+inline ChannelAffine multi_crop_affine(int64_t channels, double in_scale,
+                                       const std::optional<at::ArrayRef<double>>& mean,
+                                       const std::optional<at::ArrayRef<double>>& std) {
+  ChannelAffine affine{{0.0, 0.0, 0.0}, {0.0, 0.0, 0.0}};
+  for (int64_t c = 0; c < channels; ++c) {
+    const double m = mean.has_value() ? (*mean)[c] : 0.0;
+    const double s = std.has_value() ? (*std)[c] : 1.0;
+    affine.scale[c] = in_scale / s;
+    affine.shift[c] = -m / s;
+  }
+  return affine;
+}
 
 // Throws the ValueError for box (b, n) = (top, left, height, width) outside an H x W image.
-[[noreturn]] void fail_multi_crop_box(int64_t b, int64_t n, int64_t top, int64_t left, int64_t height,
-                                      int64_t width, int64_t H, int64_t W);
+[[noreturn]] inline void fail_multi_crop_box(int64_t b, int64_t n, int64_t top, int64_t left, int64_t height,
+                                             int64_t width, int64_t H, int64_t W) {
+  TORCH_CHECK_VALUE(false, "multi_crop: boxes must lie inside the image (top >= 0, left >= 0, top + height <= H, "
+                    "left + width <= W) with height, width >= 1; boxes[", b, ", ", n,
+                    "] = (top, left, height, width) = (", top, ", ", left, ", ", height, ", ", width,
+                    ") for an image of H x W = ", H, " x ", W);
+}
 
 // Kernel parameters from tensors (boxes64: int64 contiguous [B, N, 4]; out / grad_images allocated by the
 // caller), shared by the CPU kernel and the CUDA launcher so both see the same strides and constants.
@@ -77,8 +102,8 @@ MultiCropParams<in_t, out_t> make_multi_crop_params(const at::Tensor& images, co
   p.out_h = out.size(3);
   p.out_w = out.size(4);
   for (int c = 0; c < 3; ++c) {
-    p.scale[c] = affine.scale[c];
-    p.shift[c] = affine.shift[c];
+    p.scale[c] = static_cast<typename MultiCropParams<in_t, out_t>::acc_t>(affine.scale[c]);
+    p.shift[c] = static_cast<typename MultiCropParams<in_t, out_t>::acc_t>(affine.shift[c]);
   }
   return p;
 }
@@ -102,7 +127,7 @@ MultiCropBackwardParams<g_t> make_multi_crop_backward_params(const at::Tensor& g
   p.out_h = grad.size(3);
   p.out_w = grad.size(4);
   for (int c = 0; c < 3; ++c) {
-    p.scale[c] = affine.scale[c];
+    p.scale[c] = static_cast<float>(affine.scale[c]);
   }
   return p;
 }
