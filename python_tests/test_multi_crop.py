@@ -1,7 +1,9 @@
 """lmcl::multi_crop (SPEC §1.1): against a float64 eager reference, the grid runner of the CUDA launch,
 opcheck, torch.compile, autograd, and one bad-input test per check."""
 import glob
+import importlib.util
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -11,8 +13,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lmcl_fast  # noqa: F401
-from conftest import DEVICES, MULTI_CROP_LOWP_ULPS, TOLERANCES, ulp
 from lmcl_fast.ops import multi_crop, sample_boxes
+
+
+def _sibling_conftest(name):
+    """This directory's conftest.py as a module. `from conftest import ...` is unsafe: when pytest collects
+    python_tests/ and bench/ together (CI), both are modules named `conftest` and the name resolves to
+    whichever loaded last."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conftest.py")
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+_conftest = _sibling_conftest("_lmcl_python_tests_conftest")
+DEVICES, MULTI_CROP_LOWP_ULPS, TOLERANCES, ulp = (
+    _conftest.DEVICES, _conftest.MULTI_CROP_LOWP_ULPS, _conftest.TOLERANCES, _conftest.ulp)
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -168,7 +188,7 @@ def test_real_photos(photos_dir):
     """Kodak/McMaster photos decoded to uint8 HWC, boxes from sample_boxes, ImageNet normalisation."""
     from PIL import Image
 
-    paths = sorted(glob.glob(os.path.join(photos_dir, "*")))[:2]
+    paths = sorted(glob.glob(os.path.join(photos_dir, "**", "*.png"), recursive=True))[:2]
     if len(paths) < 2:
         pytest.skip("need two photos")
     arrays = [np.asarray(Image.open(p).convert("RGB").resize((96, 80))) for p in paths]
