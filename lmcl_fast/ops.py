@@ -168,7 +168,8 @@ torch.library.register_autograd(
 
 def _as_sizes(values, name) -> torch.Tensor:
     t = torch.as_tensor(values)
-    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool or t.dim() > 1:
+    not_int = t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool
+    if t.dim() > 1 or (not_int and t.numel() > 0):  # [] becomes float32: an empty batch is fine
         raise ValueError(f"sample_boxes: {name} must be a sequence or 1-D tensor of ints, got {values!r}")
     return t.reshape(-1).to(torch.int64)
 
