@@ -448,7 +448,9 @@ def test_cuda_matches_cpu(kind, out_dtype):
     images, boxes, size, mean, std, flips = sample_inputs("cpu", kind, 3, size=(9, 11))
     cpu = multi_crop(images, boxes, size, mean=mean, std=std, flip=flips, out_dtype=out_dtype)
     gpu = multi_crop(images.cuda(), boxes.cuda(), size, mean=mean, std=std, flip=flips.cuda(), out_dtype=out_dtype)
-    torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=0)
+    # nvcc contracts multiply-adds into FMAs, so the last bits may differ: hold the GPU result to the
+    # SPEC bound around the CPU result (float32: 1e-5 / std; fp16/bf16: one ulp).
+    assert_close_to_reference(gpu.cpu(), cpu.double(), std)
 
 
 @cuda
