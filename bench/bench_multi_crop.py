@@ -1,8 +1,8 @@
 """multi_crop: ours vs the eager reference (float32) vs torch.compile of that reference.
 
 The compiled contender compiles the per-crop function (convert, bilinear resize, normalise) with
-dynamic=True and loops over the boxes in Python: compiling the whole per-box loop unrolls B*N crops of
-data-dependent shapes into one graph, which takes minutes to compile, so it is not a usable contender.
+dynamic=True and loops over the boxes in Python: compiling the whole per-box loop would unroll B*N = 256
+crops whose shapes come from box values into one graph, which is not a workable contender.
 """
 import importlib.util
 import os

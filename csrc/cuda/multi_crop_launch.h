@@ -1,6 +1,7 @@
 // Host side of the CUDA multi_crop launch, kept free of the CUDA API so the grid-runner test
-// (python_tests/grid_runner/multi_crop_grid.cpp) runs exactly this code on CPU tensors: the box check, output allocation, tensor -> Params, the launch configuration, and the dtype dispatch.
-// The caller supplies the launcher (launch_grid on the GPU, run_grid_on_host in the test).
+// (python_tests/grid_runner/multi_crop_grid.cpp) runs exactly this code on CPU tensors: the box check,
+// output allocation, tensor -> Params, the launch configuration and the dtype dispatch. The caller
+// supplies the launcher (launch_grid on the GPU, run_grid_on_host in the test).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -18,7 +19,8 @@ inline at::Tensor multi_crop_box_report(const at::Tensor& boxes64, int64_t H, in
   const at::Tensor bad = (t < 0).logical_or_(l < 0).logical_or_(h < 1).logical_or_(w < 1)
                              .logical_or_(t > H - h).logical_or_(l > W - w);
   const at::Tensor index = bad.to(at::kByte).argmax();  // first maximal entry, 0 when none is bad
-  return at::cat({bad.any().to(at::kLong).reshape({1}), index.reshape({1}), flat.index_select(0, index.reshape({1})).reshape({4})});
+  const at::Tensor first = flat.index_select(0, index.reshape({1})).reshape({4});
+  return at::cat({bad.any().to(at::kLong).reshape({1}), index.reshape({1}), first});
 }
 
 // The one device -> host read of a call: raise the ValueError for the first bad box, if any.
