@@ -73,7 +73,8 @@ def _check_multi_crop_boxes_fake(op, boxes, flip, batch, device):
     if flip is not None:
         torch._check_type(flip.dtype == torch.bool, lambda: f"{op}: flip must be a bool tensor, got {flip.dtype}")
         torch._check(flip.dim() == 2 and flip.shape[0] == batch and flip.shape[1] == boxes.shape[1],
-                     lambda: f"{op}: flip must have shape [B, N] = [{batch}, {boxes.shape[1]}], got {tuple(flip.shape)}")
+                     lambda: f"{op}: flip must have shape [B, N] = [{batch}, {boxes.shape[1]}], "
+                             f"got {tuple(flip.shape)}")
         torch._check(flip.device == device,
                      lambda: f"{op}: flip must be on the images' device ({device}), got {flip.device}")
 

@@ -355,6 +355,20 @@ def test_grid_runner_empty_and_bad_boxes(grid_runner):
         grid_runner.multi_crop(images, boxes, [4, 3], None, None, None, torch.float32, 32, 2)
 
 
+def test_grid_runner_kernel_clamps_unchecked_boxes(grid_runner):
+    """With the box check skipped, wild boxes read the clamped box (never outside the image)."""
+    H, W = 9, 11
+    images = make_images("uint8", 1, H, W, 3)
+    wild = torch.tensor([[[-5, -3, 4, 4], [7, 9, 100, 100], [2, 3, 0, -4], [2**40, -(2**40), 3, 3]]])
+    top = wild[..., 0].clamp(0, H - 1)
+    left = wild[..., 1].clamp(0, W - 1)
+    height = torch.minimum(wild[..., 2].clamp_min(1), H - top)
+    width = torch.minimum(wild[..., 3].clamp_min(1), W - left)
+    clamped = torch.stack([top, left, height, width], dim=-1)
+    got = grid_runner.multi_crop_unchecked(images, wild, [5, 6])
+    assert torch.equal(got, multi_crop(images, clamped, (5, 6)))
+
+
 # ---- bad inputs: one per check ----
 
 def _good():
