@@ -99,7 +99,8 @@ LMCL_HD inline CropTap<acc_t> crop_col_tap(int64_t x, bool flipped, int64_t widt
 }
 
 // One output pixel, all kC channels. r0, r1: the two source rows at the crop's left edge; o: the
-// channel-0 output element, channels `plane` apart. Same operation order as ATen's bilinear kernel.
+// channel-0 output element, channels `plane` apart.
+// v = ly0 * (lx0 * p00 + lx1 * p01) + ly1 * (lx0 * p10 + lx1 * p11); out = v * scale[c] + shift[c].
 template <int kC, typename in_t, typename out_t, typename acc_t>
 LMCL_HD inline void multi_crop_pixel(const in_t* r0, const in_t* r1, int64_t s_c, int64_t s_x,
                                      const CropTap<acc_t>& ty, const CropTap<acc_t>& tx, const acc_t* scale,
