@@ -20,9 +20,10 @@ TOLERANCES = {
     # an atol for pixels where float64 difference-array updates of overlapping boxes cancel to ~1e-17
     # instead of exactly 0 (test gradients are O(1), so real values are far above it).
     ("crop_saliency_backward", torch.float32): dict(rtol=1e-4, atol=1e-7),
-    # spectral_residual (float32, a [0, 1] map) against its float64 numpy reference: float32 FFTs of a
-    # 64-px image carry ~1e-6 relative error, which the min-max scaling can lift to a few 1e-5 absolute.
-    ("spectral_residual", torch.float32): dict(rtol=0.0, atol=1e-4),
+    # spectral_residual (float32, a [0, 1] map) against its float64 numpy reference: float32 FFTs and
+    # blur; measured <= 3.4e-6 absolute here (random images, Kodak photos), the rest is headroom for
+    # other FFT backends (cuFFT, MKL).
+    ("spectral_residual", torch.float32): dict(rtol=0.0, atol=5e-5),
     # STYLE §3: lmc_loss value and grads in float32 against a float64 reference.
     ("lmc_loss", torch.float32): dict(rtol=1e-5, atol=1e-6),
 }
