@@ -1,11 +1,17 @@
-// crop_saliency on the CPU: per-image summed-area tables in float64 (parallel over B, grain 1), then
-// four look-ups per box (parallel over B * N, grain 1024). The backward scatters each box's four
-// corner updates into a per-image difference array and prefix-sums it (parallel over B, grain 1).
-// Every chunk writes its own slice, so results are bit-reproducible.
+// crop_saliency on the CPU, parallel over images (grain 1); every chunk writes its own images, so
+// results are bit-reproducible. Per image, one sweep down the map:
+//  forward:  running float64 column sums; at each row some box reads (its top or bottom), the table
+//            row is built from them into a row buffer and those boxes take their two look-ups;
+//  backward: running column sums of the box-corner difference array; each gradient row is their
+//            prefix sum.
+// Scratch (events, column sums, the row buffer, per-box sums) is O(B * (W + N)), allocated before the
+// parallel region; no (H+1) x (W+1) table is stored.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include <algorithm>
 
 #include "kernels/crop_saliency.h"
 #include "ops/crop_saliency.h"
@@ -28,6 +34,26 @@ void check_boxes_inside(const at::Tensor& boxes, int64_t H, int64_t W) {
   }
 }
 
+// One image's boxes, read through strides.
+template <typename index_t>
+struct ImageBoxes {
+  const index_t* ptr;
+  int64_t stride_n, stride_c, N, H, W;
+  ClampedBox operator[](int64_t n) const { return load_box(ptr + n * stride_n, stride_c, H, W); }
+};
+
+// The 2N top/bottom events of one image's boxes, sorted by row (std::sort works in place).
+template <typename index_t>
+void sorted_box_events(const ImageBoxes<index_t>& boxes, int64_t* events) {
+  const int64_t N = boxes.N;
+  for (int64_t n = 0; n < N; ++n) {
+    const ClampedBox c = boxes[n];
+    events[2 * n] = box_event_key(c.t0, n, false, N);
+    events[2 * n + 1] = box_event_key(c.t1, n, true, N);
+  }
+  std::sort(events, events + 2 * N);
+}
+
 at::Tensor crop_saliency_cpu(const at::Tensor& saliency, const at::Tensor& boxes) {
   check_crop_saliency_args(saliency, boxes);
   const int64_t B = saliency.size(0), H = saliency.size(1), W = saliency.size(2), N = boxes.size(1);
@@ -35,33 +61,44 @@ at::Tensor crop_saliency_cpu(const at::Tensor& saliency, const at::Tensor& boxes
   if (B * N == 0) {
     return out;
   }
+  const auto f64 = saliency.options().dtype(at::kDouble);
+  at::Tensor events = at::empty({B, 2 * N}, saliency.options().dtype(at::kLong));
+  at::Tensor colsum = at::zeros({B, W}, f64);
+  at::Tensor rows = at::empty({B, W + 1}, f64);
+  at::Tensor sums = at::zeros({B, N}, f64);
   AT_DISPATCH_INDEX_TYPES(boxes.scalar_type(), "lmcl::crop_saliency_cpu", [&] {
     check_boxes_inside<index_t>(boxes, H, W);
-    const int64_t W1 = W + 1, table = (H + 1) * W1;
-    at::Tensor sat = at::empty({B, H + 1, W1}, saliency.options().dtype(at::kDouble));
-    double* sat_ptr = sat.data_ptr<double>();
+    const index_t* box_ptr = boxes.data_ptr<index_t>();
     const float* src = saliency.data_ptr<float>();
     const int64_t ss_b = saliency.stride(0), ss_h = saliency.stride(1), ss_w = saliency.stride(2);
+    int64_t* ev_ptr = events.data_ptr<int64_t>();
+    double* col_ptr = colsum.data_ptr<double>();
+    double* row_ptr = rows.data_ptr<double>();
+    double* sum_ptr = sums.data_ptr<double>();
+    float* out_ptr = out.data_ptr<float>();
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        double* img = sat_ptr + b * table;
-        for (int64_t j = 0; j < W1; ++j) {
-          img[j] = 0.0;
+        const ImageBoxes<index_t> img_boxes{box_ptr + b * boxes.stride(0), boxes.stride(1), boxes.stride(2), N, H, W};
+        int64_t* ev = ev_ptr + b * 2 * N;
+        double* cols = col_ptr + b * W;
+        double* row = row_ptr + b * (W + 1);
+        double* sum = sum_ptr + b * N;
+        sorted_box_events(img_boxes, ev);
+        int64_t r = 0;  // map rows [0, r) are in cols
+        for (int64_t e = 0; e < 2 * N;) {
+          const int64_t target = box_event_row(ev[e], N);
+          for (; r < target; ++r) {
+            sat_add_row(src + b * ss_b + r * ss_h, ss_w, cols, W);
+          }
+          sat_row_from_columns(cols, row, W);
+          for (; e < 2 * N && box_event_row(ev[e], N) == target; ++e) {
+            const int64_t n = box_event_box(ev[e], N);
+            box_sum_event(sum[n], row, img_boxes[n], box_event_bottom(ev[e]));
+          }
         }
-        for (int64_t i = 0; i < H; ++i) {
-          sat_row_scan(src + b * ss_b + i * ss_h, ss_w, img + i * W1, img + (i + 1) * W1, W);
+        for (int64_t n = 0; n < N; ++n) {
+          out_ptr[b * N + n] = static_cast<float>(box_mean_from_sum(sum[n], img_boxes[n]));
         }
-      }
-    });
-    const index_t* box_ptr = boxes.data_ptr<index_t>();
-    const int64_t bs_b = boxes.stride(0), bs_n = boxes.stride(1), bs_c = boxes.stride(2);
-    float* out_ptr = out.data_ptr<float>();
-    at::parallel_for(0, B * N, 1024, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const int64_t b = i / N;
-        const index_t* box = box_ptr + b * bs_b + (i - b * N) * bs_n;
-        out_ptr[i] = static_cast<float>(
-            box_mean(sat_ptr + b * table, H, W, box[0], box[bs_c], box[2 * bs_c], box[3 * bs_c]));
       }
     });
   });
@@ -75,33 +112,30 @@ at::Tensor crop_saliency_backward_cpu(const at::Tensor& grad, const at::Tensor& 
   if (grad_in.numel() == 0) {
     return grad_in;
   }
-  const int64_t W1 = W + 1, table = (H + 1) * W1;
-  // Difference arrays and the running column sums, one per image, allocated outside the parallel region.
-  at::Tensor diff = at::zeros({B, H + 1, W1}, grad.options().dtype(at::kDouble));
-  at::Tensor carry = at::zeros({B, W}, grad.options().dtype(at::kDouble));
+  at::Tensor events = at::empty({B, 2 * N}, grad.options().dtype(at::kLong));
+  at::Tensor carry = at::zeros({B, W + 1}, grad.options().dtype(at::kDouble));
   AT_DISPATCH_INDEX_TYPES(boxes.scalar_type(), "lmcl::crop_saliency_backward_cpu", [&] {
     const index_t* box_ptr = boxes.data_ptr<index_t>();
-    const int64_t bs_b = boxes.stride(0), bs_n = boxes.stride(1), bs_c = boxes.stride(2);
     const float* g_ptr = grad.data_ptr<float>();
     const int64_t gs_b = grad.stride(0), gs_n = grad.stride(1);
-    double* diff_ptr = diff.data_ptr<double>();
+    int64_t* ev_ptr = events.data_ptr<int64_t>();
     double* carry_ptr = carry.data_ptr<double>();
     float* out_ptr = grad_in.data_ptr<float>();
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        double* d = diff_ptr + b * table;
-        for (int64_t n = 0; n < N; ++n) {
-          const index_t* box = box_ptr + b * bs_b + n * bs_n;
-          int64_t offset[4];
-          double value[4];
-          box_adjoint_corners<double>(H, W, box[0], box[bs_c], box[2 * bs_c], box[3 * bs_c],
-                                      static_cast<double>(g_ptr[b * gs_b + n * gs_n]), offset, value);
-          for (int k = 0; k < 4; ++k) {
-            d[offset[k]] += value[k];
-          }
-        }
+        const ImageBoxes<index_t> img_boxes{box_ptr + b * boxes.stride(0), boxes.stride(1), boxes.stride(2), N, H, W};
+        int64_t* ev = ev_ptr + b * 2 * N;
+        double* cols = carry_ptr + b * (W + 1);
+        sorted_box_events(img_boxes, ev);
+        int64_t e = 0;
         for (int64_t i = 0; i < H; ++i) {
-          adjoint_row_scan(d + i * W1, carry_ptr + b * W, out_ptr + (b * H + i) * W, W);
+          for (; e < 2 * N && box_event_row(ev[e], N) == i; ++e) {
+            const int64_t n = box_event_box(ev[e], N);
+            const ClampedBox c = img_boxes[n];
+            const double v = box_adjoint_value(static_cast<double>(g_ptr[b * gs_b + n * gs_n]), c);
+            box_adjoint_event(cols, c, v, box_event_bottom(ev[e]));
+          }
+          adjoint_row_from_carry(cols, out_ptr + (b * H + i) * W, W);
         }
       }
     });

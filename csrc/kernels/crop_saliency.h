@@ -1,8 +1,12 @@
 // crop_saliency math, shared by the CPU kernel, the CUDA kernels and the grid-runner tests.
-// The summed-area table `sat` of one image is (H+1) x (W+1), row-major, with a zero first row and
-// column: sat[i][j] = sum of saliency[0:i, 0:j]. A box (top, left, height, width) is four look-ups.
-// The backward is the mean's adjoint: each box spreads g / (h * w) uniformly over its pixels, written
-// as four corner updates of a 2-D difference array whose 2-D prefix sum is the gradient.
+// The summed-area table of one image is (H+1) x (W+1) with a zero first row and column:
+// sat[i][j] = sum of saliency[0:i, 0:j]. A box (top, left, height, width) is four look-ups, on table
+// rows t0 = top and t1 = top + height: sum = span(row t1) - span(row t0), span(row) = row[l1] - row[l0].
+// The CUDA kernel stores the whole table; the CPU kernel sweeps the image once, keeping running
+// column sums and building a table row only where a box reads it (a stored table would cost 8 bytes
+// written per pixel against 4 read). Both take the same look-ups in the same order.
+// The backward is the mean's adjoint: each box spreads g / area uniformly over its pixels, i.e. four
+// corner updates of a 2-D difference array whose 2-D prefix sum is the gradient.
 #pragma once
 
 #include "kernels/common.h"
@@ -31,39 +35,110 @@ LMCL_HD inline ClampedBox clamp_box(int64_t t, int64_t l, int64_t h, int64_t w, 
   return c;
 }
 
-// One row of the table: row[0] = 0, row[j + 1] = prev[j + 1] + sum(src[0..j]). src is read through
-// its stride, so a non-contiguous saliency map needs no copy.
+// Box (t, l, h, w) stored at `box` with stride `stride_c` between its four values.
+template <typename index_t>
+LMCL_HD inline ClampedBox load_box(const index_t* box, int64_t stride_c, int64_t H, int64_t W) {
+  return clamp_box(box[0], box[stride_c], box[2 * stride_c], box[3 * stride_c], H, W);
+}
+
+// ---- table rows ------------------------------------------------------------------------------------
+
+// Add one map row (read through its stride) into the running column sums.
 template <typename scalar_t, typename acc_t>
-LMCL_HD inline void sat_row_scan(const scalar_t* src, int64_t stride_w, const acc_t* prev, acc_t* row, int64_t W) {
-  acc_t run = acc_t(0);
-  row[0] = acc_t(0);
+LMCL_HD inline void sat_add_row(const scalar_t* src, int64_t stride_w, acc_t* colsum, int64_t W) {
+  if (stride_w == 1) {
+    // The common contiguous row: a unit-stride loop the compiler vectorises.
+    for (int64_t j = 0; j < W; ++j) {
+      colsum[j] += static_cast<acc_t>(src[j]);
+    }
+    return;
+  }
   for (int64_t j = 0; j < W; ++j) {
-    run += static_cast<acc_t>(src[j * stride_w]);
-    row[j + 1] = prev[j + 1] + run;
+    colsum[j] += static_cast<acc_t>(src[j * stride_w]);
   }
 }
 
+// After map rows [0, r) were added into colsum, table row r is its prefix sum (W + 1 entries).
 template <typename acc_t>
-LMCL_HD inline acc_t box_sum(const acc_t* sat, int64_t W1, const ClampedBox& c) {
-  return sat[c.t1 * W1 + c.l1] - sat[c.t0 * W1 + c.l1] - sat[c.t1 * W1 + c.l0] + sat[c.t0 * W1 + c.l0];
+LMCL_HD inline void sat_row_from_columns(const acc_t* colsum, acc_t* row, int64_t W) {
+  acc_t run = acc_t(0);
+  row[0] = acc_t(0);
+  for (int64_t j = 0; j < W; ++j) {
+    run += colsum[j];
+    row[j + 1] = run;
+  }
 }
 
-// Mean of the box from the (H+1) x (W+1) table of its image; an empty (clamped-away) box gives 0.
+// ---- look-ups --------------------------------------------------------------------------------------
+
 template <typename acc_t>
-LMCL_HD inline acc_t box_mean(const acc_t* sat, int64_t H, int64_t W, int64_t t, int64_t l, int64_t h, int64_t w) {
-  const ClampedBox c = clamp_box(t, l, h, w, H, W);
-  const int64_t area = c.area();
-  return area > 0 ? box_sum(sat, W + 1, c) / static_cast<acc_t>(area) : acc_t(0);
+LMCL_HD inline acc_t box_row_span(const acc_t* row, const ClampedBox& c) {
+  return row[c.l1] - row[c.l0];
 }
 
-// The four difference-array updates (flat offsets into one image's (H+1) x (W+1) array) that spread
-// g / area over the box.
 template <typename acc_t>
-LMCL_HD inline void box_adjoint_corners(int64_t H, int64_t W, int64_t t, int64_t l, int64_t h, int64_t w, acc_t g,
-                                        int64_t* offset, acc_t* value) {
-  const ClampedBox c = clamp_box(t, l, h, w, H, W);
+LMCL_HD inline acc_t box_mean_from_sum(acc_t sum, const ClampedBox& c) {
   const int64_t area = c.area();
-  const acc_t v = area > 0 ? g / static_cast<acc_t>(area) : acc_t(0);
+  return area > 0 ? sum / static_cast<acc_t>(area) : acc_t(0);
+}
+
+// Mean of a box from its image's stored (H+1) x (W+1) table; an empty (clamped-away) box gives 0.
+template <typename acc_t>
+LMCL_HD inline acc_t box_mean(const acc_t* sat, int64_t W, const ClampedBox& c) {
+  const int64_t W1 = W + 1;
+  return box_mean_from_sum(box_row_span(sat + c.t1 * W1, c) - box_row_span(sat + c.t0 * W1, c), c);
+}
+
+// ---- the CPU row sweep -----------------------------------------------------------------------------
+
+// Each box has two events, on rows t0 (top) and t1 (bottom). Keys sort by row; within a row the order
+// is irrelevant (each event touches its own box).
+LMCL_HD inline int64_t box_event_key(int64_t row, int64_t n, bool bottom, int64_t N) {
+  return row * 2 * N + 2 * n + (bottom ? 1 : 0);
+}
+LMCL_HD inline int64_t box_event_row(int64_t key, int64_t N) { return key / (2 * N); }
+LMCL_HD inline int64_t box_event_box(int64_t key, int64_t N) { return (key % (2 * N)) / 2; }
+LMCL_HD inline bool box_event_bottom(int64_t key) { return key % 2 == 1; }
+
+// Forward event: the top row's span is subtracted, the bottom row's added. The top event comes first
+// (t0 < t1 for a non-empty box), so acc = -span(t0) + span(t1): bit-equal to box_mean's difference.
+template <typename acc_t>
+LMCL_HD inline void box_sum_event(acc_t& acc, const acc_t* row, const ClampedBox& c, bool bottom) {
+  const acc_t span = box_row_span(row, c);
+  acc += bottom ? span : -span;
+}
+
+// ---- backward ----------------------------------------------------------------------------------------
+
+template <typename acc_t>
+LMCL_HD inline acc_t box_adjoint_value(acc_t g, const ClampedBox& c) {
+  const int64_t area = c.area();
+  return area > 0 ? g / static_cast<acc_t>(area) : acc_t(0);
+}
+
+// CPU sweep: carry (W + 1 entries) holds the column sums of the difference array over the rows seen
+// so far. A box adds +v at (t0, l0), -v at (t0, l1), -v at (t1, l0), +v at (t1, l1).
+template <typename acc_t>
+LMCL_HD inline void box_adjoint_event(acc_t* carry, const ClampedBox& c, acc_t v, bool bottom) {
+  const acc_t s = bottom ? -v : v;
+  carry[c.l0] += s;
+  carry[c.l1] -= s;
+}
+
+// Gradient row = prefix sum of carry over the W columns (column W only ever cancels out).
+template <typename acc_t, typename out_t>
+LMCL_HD inline void adjoint_row_from_carry(const acc_t* carry, out_t* out_row, int64_t W) {
+  acc_t run = acc_t(0);
+  for (int64_t j = 0; j < W; ++j) {
+    run += carry[j];
+    out_row[j] = static_cast<out_t>(run);
+  }
+}
+
+// CUDA: the four difference-array updates of a box as flat offsets into its image's (H+1) x (W+1)
+// array, accumulated by the launcher with index_put_.
+template <typename acc_t>
+LMCL_HD inline void box_adjoint_corners(int64_t W, const ClampedBox& c, acc_t v, int64_t* offset, acc_t* value) {
   const int64_t W1 = W + 1;
   offset[0] = c.t0 * W1 + c.l0;
   value[0] = v;
@@ -75,17 +150,7 @@ LMCL_HD inline void box_adjoint_corners(int64_t H, int64_t W, int64_t t, int64_t
   value[3] = v;
 }
 
-// One row of the 2-D prefix sum of the difference array: carry[j] holds the column sums of the
-// row-prefix sums of the rows above; out_row[j] = carry[j] after adding this row's prefix.
-template <typename acc_t, typename out_t>
-LMCL_HD inline void adjoint_row_scan(const acc_t* diff_row, acc_t* carry, out_t* out_row, int64_t W) {
-  acc_t run = acc_t(0);
-  for (int64_t j = 0; j < W; ++j) {
-    run += diff_row[j];
-    carry[j] += run;
-    out_row[j] = static_cast<out_t>(carry[j]);
-  }
-}
+// ---- CUDA kernel bodies ------------------------------------------------------------------------------
 
 // Box look-up launch: one box per item of a grid-stride loop over B * N. Writes the float32 mean and
 // an invalid-box flag (the CUDA op reads the flags once to raise the ValueError the CPU op raises up front).
@@ -106,9 +171,9 @@ struct CropSaliencyLookupBody {
     for (int64_t i = g.first(); i < total; i += g.stride()) {
       const int64_t b = i / p.N;
       const index_t* box = p.boxes + b * p.box_stride_b + (i - b * p.N) * p.box_stride_n;
-      const int64_t t = box[0], l = box[p.box_stride_c], h = box[2 * p.box_stride_c], w = box[3 * p.box_stride_c];
-      p.out[i] = static_cast<float>(box_mean(p.sat + b * table, p.H, p.W, t, l, h, w));
-      p.invalid[i] = box_is_valid(t, l, h, w, p.H, p.W) ? 0 : 1;
+      const int64_t c = p.box_stride_c;
+      p.out[i] = static_cast<float>(box_mean(p.sat + b * table, p.W, load_box(box, c, p.H, p.W)));
+      p.invalid[i] = box_is_valid(box[0], box[c], box[2 * c], box[3 * c], p.H, p.W) ? 0 : 1;
     }
   }
 };
@@ -133,10 +198,9 @@ struct CropSaliencyCornersBody {
     for (int64_t i = g.first(); i < total; i += g.stride()) {
       const int64_t b = i / p.N;
       const int64_t n = i - b * p.N;
-      const index_t* box = p.boxes + b * p.box_stride_b + n * p.box_stride_n;
+      const ClampedBox c = load_box(p.boxes + b * p.box_stride_b + n * p.box_stride_n, p.box_stride_c, p.H, p.W);
       const double gv = static_cast<double>(p.grad[b * p.grad_stride_b + n * p.grad_stride_n]);
-      box_adjoint_corners<double>(p.H, p.W, box[0], box[p.box_stride_c], box[2 * p.box_stride_c],
-                                  box[3 * p.box_stride_c], gv, p.offset + 4 * i, p.value + 4 * i);
+      box_adjoint_corners<double>(p.W, c, box_adjoint_value(gv, c), p.offset + 4 * i, p.value + 4 * i);
       for (int k = 0; k < 4; ++k) {
         p.offset[4 * i + k] += b * table;
       }
