@@ -180,8 +180,9 @@ def spectral_residual(images: torch.Tensor, long_side: int = 64, sigma: float = 
     spectrum minus its 3x3 local mean (circular padding, as the spectrum is periodic), with the phase
     kept; inverse FFT; squared magnitude; Gaussian blur with ``sigma`` pixels at the downscaled size
     (kernel radius ceil(3 sigma), replicate padding); bilinear resize back to H x W
-    (align_corners=False); scaled to [0, 1] per image (min-max, as the authors' ``mat2gray``).
-    The defaults (64 px, sigma 2.5) are those of the authors' released code.
+    (align_corners=False); scaled to [0, 1] per image (min-max, like ``mat2gray``).
+    The defaults (64 px, sigma 2.5) and the scaling follow the widely circulated Matlab code of the
+    method, which scales the width rather than the long side and pads the 3x3 mean by replication.
 
     Args:
         images: uint8 ``[B, H, W, C]`` (channels-last) or float32 ``[B, C, H, W]`` (used as given), C = 1 or 3.

@@ -81,8 +81,8 @@ typename CropSaliencyCornersBody<index_t>::Params crop_saliency_corners_params(c
 }
 
 // Accumulate the corner updates into the [B, H + 1, W + 1] difference array (index_put_ with
-// accumulate: its CUDA path sorts the indices, so the result is deterministic) and prefix-sum it in
-// float64. Row H and column W of the array never reach [0, H) x [0, W), so they are sliced off first.
+// accumulate, which honours torch.use_deterministic_algorithms) and prefix-sum it in float64. Row H
+// and column W of the array never reach [0, H) x [0, W), so they are sliced off first.
 inline at::Tensor crop_saliency_adjoint(const at::Tensor& offset, const at::Tensor& value, int64_t B, int64_t H,
                                         int64_t W) {
   at::Tensor diff = at::zeros({B * (H + 1) * (W + 1)}, value.options());
