@@ -1,14 +1,24 @@
 """crop_saliency: lmcl vs eager (per-box slice means; a float64 cumsum table) vs torch.compile of the
 eager table; spectral_residual timing for information."""
 import functools
+import importlib.util
+import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from _cost import crop_saliency_bytes, spectral_residual_bytes
-from conftest import record, run_synced
 from lmcl_fast import ops
+
+# bench/ and python_tests/ both have a conftest.py; when pytest collects both directories, the module
+# name `conftest` means whichever it loaded last. Load this directory's one by path instead.
+_spec = importlib.util.spec_from_file_location(
+    "bench_conftest", os.path.join(os.path.dirname(os.path.abspath(__file__)), "conftest.py")
+)
+_conftest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_conftest)
+record, run_synced = _conftest.record, _conftest.run_synced
 
 B, H, W, N = 32, 384, 512, 64
 

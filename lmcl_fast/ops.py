@@ -200,7 +200,9 @@ def spectral_residual(images: torch.Tensor, long_side: int = 64, sigma: float = 
     """
     if images.dtype == torch.uint8:
         if images.dim() != 4:
-            raise RuntimeError(f"spectral_residual: uint8 images must have shape [B, H, W, C], got {list(images.shape)}")
+            raise RuntimeError(
+                f"spectral_residual: uint8 images must have shape [B, H, W, C], got {list(images.shape)}"
+            )
         x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
     elif images.dtype == torch.float32:
         if images.dim() != 4:
@@ -209,7 +211,9 @@ def spectral_residual(images: torch.Tensor, long_side: int = 64, sigma: float = 
             )
         x = images
     else:
-        raise TypeError(f"spectral_residual: images must be uint8 [B, H, W, C] or float32 [B, C, H, W], got {images.dtype}")
+        raise TypeError(
+            f"spectral_residual: images must be uint8 [B, H, W, C] or float32 [B, C, H, W], got {images.dtype}"
+        )
     if x.shape[1] not in (1, 3):
         raise RuntimeError(f"spectral_residual: images must have C = 1 or 3 channels, got shape {list(images.shape)}")
     if long_side < 1 or not sigma > 0:

@@ -1,9 +1,20 @@
 """crop_saliency (SPEC §1.3): box means from a float64 summed-area table, and their gradient."""
+import importlib.util
+import os
+
 import pytest
 import torch
 
-from conftest import DEVICES, TOLERANCES
 from lmcl_fast import ops
+
+# python_tests/ and bench/ both have a conftest.py; when pytest collects both directories, the module
+# name `conftest` means whichever it loaded last. Load this directory's one by path instead.
+_spec = importlib.util.spec_from_file_location(
+    "python_tests_conftest", os.path.join(os.path.dirname(os.path.abspath(__file__)), "conftest.py")
+)
+_conftest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_conftest)
+DEVICES, TOLERANCES = _conftest.DEVICES, _conftest.TOLERANCES
 
 TOL = TOLERANCES[("crop_saliency", torch.float32)]
 GRAD_TOL = TOLERANCES[("crop_saliency_backward", torch.float32)]
@@ -243,7 +254,8 @@ def test_grid_runner_empty(grid_runner):
     assert out.shape == (2, 0)
     grad = grid_runner.crop_saliency_backward(torch.zeros(2, 0), torch.zeros(2, 0, 4, dtype=torch.int64), 4, 5, 4, 2)
     assert torch.equal(grad, torch.zeros(2, 4, 5))
-    assert grid_runner.crop_saliency_backward(torch.zeros(0, 3), torch.zeros(0, 3, 4, dtype=torch.int64), 4, 5, 4, 2).shape == (0, 4, 5)
+    no_images = grid_runner.crop_saliency_backward(torch.zeros(0, 3), torch.zeros(0, 3, 4, dtype=torch.int64), 4, 5, 4, 2)
+    assert no_images.shape == (0, 4, 5)
 
 
 @pytest.mark.parametrize("b, box", BAD_BOXES)

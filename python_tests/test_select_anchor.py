@@ -1,9 +1,21 @@
 """select_anchor (SPEC §1.3): argmax over crops, ties to the lowest index, NaN raises ValueError."""
+import importlib.util
+import math
+import os
+
 import pytest
 import torch
 
-from conftest import DEVICES
 from lmcl_fast import ops
+
+# python_tests/ and bench/ both have a conftest.py; when pytest collects both directories, the module
+# name `conftest` means whichever it loaded last. Load this directory's one by path instead.
+_spec = importlib.util.spec_from_file_location(
+    "python_tests_conftest", os.path.join(os.path.dirname(os.path.abspath(__file__)), "conftest.py")
+)
+_conftest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_conftest)
+DEVICES = _conftest.DEVICES
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
@@ -24,7 +36,7 @@ def sample_inputs(device, dtype):
         # Many ties: small integers.
         torch.randint(0, 3, (6, 9), device=device).to(dtype),
         # Infinities and signed zeros (-0.0 == 0.0 is a tie).
-        torch.tensor([[-float("inf")] * 3, [1.0, float("inf"), float("inf")], [-0.0, 0.0, -1.0]], device=device).to(dtype),
+        torch.tensor([[-math.inf] * 3, [1.0, math.inf, math.inf], [-0.0, 0.0, -1.0]], device=device).to(dtype),
         # Non-contiguous: a transposed [N, B] tensor and a strided slice.
         torch.randn(8, 4, device=device).to(dtype).t(),
         torch.randn(4, 20, device=device).to(dtype)[:, ::3],

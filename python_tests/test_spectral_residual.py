@@ -1,4 +1,5 @@
 """spectral_residual (SPEC §1.3): the Hou and Zhang (CVPR 2007) saliency map, plain torch."""
+import importlib.util
 import math
 import os
 
@@ -8,8 +9,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import DEVICES, TOLERANCES
 from lmcl_fast import ops
+
+# python_tests/ and bench/ both have a conftest.py; when pytest collects both directories, the module
+# name `conftest` means whichever it loaded last. Load this directory's one by path instead.
+_spec = importlib.util.spec_from_file_location(
+    "python_tests_conftest", os.path.join(os.path.dirname(os.path.abspath(__file__)), "conftest.py")
+)
+_conftest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_conftest)
+DEVICES, TOLERANCES = _conftest.DEVICES, _conftest.TOLERANCES
 
 TOL = TOLERANCES[("spectral_residual", torch.float32)]
 
