@@ -203,7 +203,8 @@ def spectral_residual(images: torch.Tensor, long_side: int = 64, sigma: float = 
             raise RuntimeError(
                 f"spectral_residual: uint8 images must have shape [B, H, W, C], got {list(images.shape)}"
             )
-        x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        # A channels-last view; channels are converted one at a time below (no full float copy).
+        x = images.permute(0, 3, 1, 2)
     elif images.dtype == torch.float32:
         if images.dim() != 4:
             raise RuntimeError(
@@ -220,7 +221,12 @@ def spectral_residual(images: torch.Tensor, long_side: int = 64, sigma: float = 
         raise ValueError(f"spectral_residual: long_side must be >= 1 and sigma > 0, got {long_side}, {sigma}")
     F = torch.nn.functional
     B, C, H, W = x.shape
-    grey = x if C == 1 else (x * x.new_tensor(_LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+
+    def channel(c):
+        v = x[:, c : c + 1]
+        return v.to(torch.float32) / 255.0 if v.dtype == torch.uint8 else v
+
+    grey = channel(0) if C == 1 else _LUMA[0] * channel(0) + _LUMA[1] * channel(1) + _LUMA[2] * channel(2)
     long = max(H, W)
     if long > long_side:
         size = (max(1, (H * long_side + long // 2) // long), max(1, (W * long_side + long // 2) // long))
@@ -239,8 +245,8 @@ def spectral_residual(images: torch.Tensor, long_side: int = 64, sigma: float = 
     sal = F.pad(sal, (radius, radius, radius, radius), mode="replicate")
     sal = F.conv2d(F.conv2d(sal, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))
     sal = F.interpolate(sal, size=(H, W), mode="bilinear", align_corners=False)[:, 0]
-    low = sal.amin(dim=(1, 2), keepdim=True)
-    high = sal.amax(dim=(1, 2), keepdim=True)
+    low, high = torch.aminmax(sal.reshape(B, -1), dim=1)
+    low, high = low.view(B, 1, 1), high.view(B, 1, 1)
     return (sal - low) / (high - low).clamp_min(_SR_RANGE_FLOOR)
 
 
