@@ -267,10 +267,11 @@ def test_grid_runner_empty(grid_runner):
     s = torch.rand(2, 4, 5)
     out, _ = grid_runner.crop_saliency(s, torch.zeros(2, 0, 4, dtype=torch.int64), 4, 2, True)
     assert out.shape == (2, 0)
-    grad = grid_runner.crop_saliency_backward(torch.zeros(2, 0), torch.zeros(2, 0, 4, dtype=torch.int64), 4, 5, 4, 2)
+    no_boxes = torch.zeros(2, 0, 4, dtype=torch.int64)
+    grad = grid_runner.crop_saliency_backward(torch.zeros(2, 0), no_boxes, 4, 5, 4, 2)
     assert torch.equal(grad, torch.zeros(2, 4, 5))
-    no_images = grid_runner.crop_saliency_backward(torch.zeros(0, 3), torch.zeros(0, 3, 4, dtype=torch.int64), 4, 5, 4, 2)
-    assert no_images.shape == (0, 4, 5)
+    no_images = torch.zeros(0, 3, 4, dtype=torch.int64)
+    assert grid_runner.crop_saliency_backward(torch.zeros(0, 3), no_images, 4, 5, 4, 2).shape == (0, 4, 5)
 
 
 @pytest.mark.parametrize("b, box", BAD_BOXES)
