@@ -6,6 +6,8 @@ Value checks that read tensor data live in C++, so the wrappers stay traceable w
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import _C  # noqa: F401  (the schemas must be registered before register_fake below)
@@ -234,6 +236,230 @@ __all__ += ["multi_crop", "sample_boxes"]
 # crop_saliency, spectral_residual, select_anchor
 # ----------------------------------------------------------------------------------------------------
 
+__all__ += ["crop_saliency", "spectral_residual", "select_anchor"]
+
+
+def crop_saliency(saliency: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Mean saliency of every box, from a float64 summed-area table and four look-ups per box.
+
+    Args:
+        saliency: float32 ``[B, H, W]`` map (any strides; float64 maps are rejected).
+        boxes: int32/int64 ``[B, N, 4]``, rows ``(top, left, height, width)`` inside the image,
+            height and width >= 1 (else ValueError naming ``boxes``).
+
+    Returns:
+        float32 ``[B, N]``: ``saliency[b, top:top+height, left:left+width].mean()``. Differentiable
+        with respect to ``saliency`` (each box spreads ``g / (height * width)`` over its pixels).
+
+    Example:
+        >>> s = torch.rand(2, 64, 64)
+        >>> boxes = torch.tensor([[[0, 0, 32, 32], [16, 16, 48, 48]]] * 2)
+        >>> crop_saliency(s, boxes).shape
+        torch.Size([2, 2])
+    """
+    return torch.ops.lmcl.crop_saliency.default(saliency, boxes)
+
+
+def _check_boxes_meta(op: str, boxes: torch.Tensor) -> None:
+    torch._check_type(
+        boxes.dtype in (torch.int32, torch.int64), lambda: f"{op}: boxes must be int32 or int64, got {boxes.dtype}"
+    )
+    torch._check(
+        boxes.dim() == 3 and boxes.shape[2] == 4,
+        lambda: f"{op}: boxes must have shape [B, N, 4], got {list(boxes.shape)}",
+    )
+
+
+@torch.library.register_fake("lmcl::crop_saliency")
+def _crop_saliency_fake(saliency, boxes):
+    torch._check_type(
+        saliency.dtype == torch.float32,
+        lambda: f"crop_saliency: saliency must be float32 (float64 maps are rejected), got {saliency.dtype}",
+    )
+    torch._check(
+        saliency.dim() == 3, lambda: f"crop_saliency: saliency must have shape [B, H, W], got {list(saliency.shape)}"
+    )
+    _check_boxes_meta("crop_saliency", boxes)
+    torch._check(
+        boxes.shape[0] == saliency.shape[0],
+        lambda: f"crop_saliency: boxes must have the batch size B = {saliency.shape[0]} of saliency, "
+        f"got boxes of shape {list(boxes.shape)}",
+    )
+    torch._check(
+        boxes.device == saliency.device,
+        lambda: f"crop_saliency: boxes must be on the device of saliency ({saliency.device}), got {boxes.device}",
+    )
+    return saliency.new_empty((saliency.shape[0], boxes.shape[1]))
+
+
+@torch.library.register_fake("lmcl::_crop_saliency_backward")
+def _crop_saliency_backward_fake(grad, boxes, H, W):
+    torch._check_type(
+        grad.dtype == torch.float32, lambda: f"_crop_saliency_backward: grad must be float32, got {grad.dtype}"
+    )
+    _check_boxes_meta("_crop_saliency_backward", boxes)
+    torch._check(
+        grad.dim() == 2 and grad.shape[0] == boxes.shape[0] and grad.shape[1] == boxes.shape[1],
+        lambda: f"_crop_saliency_backward: grad must have shape [B, N] of boxes, got {list(grad.shape)}",
+    )
+    torch._check(H >= 0 and W >= 0, lambda: f"_crop_saliency_backward: H and W must be >= 0, got {H}, {W}")
+    torch._check(
+        boxes.device == grad.device,
+        lambda: f"_crop_saliency_backward: boxes must be on the device of grad ({grad.device}), got {boxes.device}",
+    )
+    return grad.new_empty((boxes.shape[0], H, W))
+
+
+def _crop_saliency_setup_context(ctx, inputs, output):
+    saliency, boxes = inputs
+    ctx.save_for_backward(boxes)
+    ctx.hw = (saliency.shape[1], saliency.shape[2])
+
+
+def _crop_saliency_autograd(ctx, grad):
+    (boxes,) = ctx.saved_tensors
+    return torch.ops.lmcl._crop_saliency_backward.default(grad, boxes, *ctx.hw), None
+
+
+torch.library.register_autograd(
+    "lmcl::crop_saliency", _crop_saliency_autograd, setup_context=_crop_saliency_setup_context
+)
+
+
+# The backward is linear in grad and its adjoint is the forward again, so double backward is exact.
+def _crop_saliency_backward_setup_context(ctx, inputs, output):
+    _, boxes, _, _ = inputs
+    ctx.save_for_backward(boxes)
+
+
+def _crop_saliency_backward_autograd(ctx, grad_grad):
+    (boxes,) = ctx.saved_tensors
+    return torch.ops.lmcl.crop_saliency.default(grad_grad, boxes), None, None, None
+
+
+torch.library.register_autograd(
+    "lmcl::_crop_saliency_backward",
+    _crop_saliency_backward_autograd,
+    setup_context=_crop_saliency_backward_setup_context,
+)
+
+
+def select_anchor(scores: torch.Tensor) -> torch.Tensor:
+    """Index of the highest-scoring crop of every image (ties go to the lowest index).
+
+    Args:
+        scores: ``[B, N]`` float32/float16/bfloat16 (float64 also accepted), N >= 1, any strides.
+
+    Returns:
+        int64 ``[B]``. A NaN anywhere in ``scores`` raises ValueError naming ``scores`` (checked in C++,
+        one device->host read on CUDA).
+
+    Example:
+        >>> select_anchor(torch.tensor([[0.1, 0.9, 0.9], [2.0, -1.0, 0.5]]))
+        tensor([1, 0])
+    """
+    return torch.ops.lmcl.select_anchor.default(scores)
+
+
+@torch.library.register_fake("lmcl::select_anchor")
+def _select_anchor_fake(scores):
+    torch._check_type(
+        scores.dtype.is_floating_point,
+        lambda: f"select_anchor: scores must be a floating tensor (float32, float16, bfloat16 or float64), "
+        f"got {scores.dtype}",
+    )
+    torch._check(scores.dim() == 2, lambda: f"select_anchor: scores must have shape [B, N], got {list(scores.shape)}")
+    torch._check(
+        scores.shape[1] >= 1,
+        lambda: f"select_anchor: scores must have at least one crop (N >= 1), got shape {list(scores.shape)}",
+    )
+    return scores.new_empty((scores.shape[0],), dtype=torch.int64)
+
+
+# ITU-R BT.601 luma weights for the grey image.
+_LUMA = (0.299, 0.587, 0.114)
+# Floor for the amplitude spectrum before the log: only exact zeros (a flat image) reach it.
+_SR_AMPLITUDE_FLOOR = 1e-8
+# Floor for the min-max range in the final [0, 1] scaling (a map with no contrast becomes all zeros).
+_SR_RANGE_FLOOR = 1e-12
+
+
+def spectral_residual(images: torch.Tensor, long_side: int = 64, sigma: float = 2.5) -> torch.Tensor:
+    """Spectral-residual saliency map (Hou and Zhang, CVPR 2007): the default map that needs no weights.
+
+    Steps: grey image (BT.601 luma for C = 3); downscale so the long side is ``long_side`` pixels
+    (bilinear with antialiasing; smaller images are used as they are); 2-D FFT; the log-amplitude
+    spectrum minus its 3x3 local mean (circular padding, as the spectrum is periodic), with the phase
+    kept; inverse FFT; squared magnitude; Gaussian blur with ``sigma`` pixels at the downscaled size
+    (kernel radius ceil(3 sigma), replicate padding); bilinear resize back to H x W
+    (align_corners=False); scaled to [0, 1] per image (min-max, like ``mat2gray``).
+    The defaults (64 px, sigma 2.5) and the scaling follow the widely circulated Matlab code of the
+    method, which scales the width rather than the long side and pads the 3x3 mean by replication.
+
+    Args:
+        images: uint8 ``[B, H, W, C]`` (channels-last) or float32 ``[B, C, H, W]`` (used as given), C = 1 or 3.
+        long_side: length in pixels of the long side of the downscaled grey image.
+        sigma: standard deviation, in downscaled pixels, of the Gaussian blur.
+
+    Returns:
+        float32 ``[B, H, W]`` on the device of ``images``. Plain torch (torch.fft), traceable by
+        ``torch.compile(fullgraph=True)``.
+
+    Example:
+        >>> imgs = torch.randint(0, 256, (2, 96, 128, 3), dtype=torch.uint8)
+        >>> spectral_residual(imgs).shape
+        torch.Size([2, 96, 128])
+    """
+    if images.dtype == torch.uint8:
+        if images.dim() != 4:
+            raise RuntimeError(
+                f"spectral_residual: uint8 images must have shape [B, H, W, C], got {list(images.shape)}"
+            )
+        # A channels-last view; channels are converted one at a time below (no full float copy).
+        x = images.permute(0, 3, 1, 2)
+    elif images.dtype == torch.float32:
+        if images.dim() != 4:
+            raise RuntimeError(
+                f"spectral_residual: float32 images must have shape [B, C, H, W], got {list(images.shape)}"
+            )
+        x = images
+    else:
+        raise TypeError(
+            f"spectral_residual: images must be uint8 [B, H, W, C] or float32 [B, C, H, W], got {images.dtype}"
+        )
+    if x.shape[1] not in (1, 3):
+        raise RuntimeError(f"spectral_residual: images must have C = 1 or 3 channels, got shape {list(images.shape)}")
+    if long_side < 1 or not sigma > 0:
+        raise ValueError(f"spectral_residual: long_side must be >= 1 and sigma > 0, got {long_side}, {sigma}")
+    F = torch.nn.functional
+    B, C, H, W = x.shape
+
+    def channel(c):
+        v = x[:, c : c + 1]
+        return v.to(torch.float32) / 255.0 if v.dtype == torch.uint8 else v
+
+    grey = channel(0) if C == 1 else _LUMA[0] * channel(0) + _LUMA[1] * channel(1) + _LUMA[2] * channel(2)
+    long = max(H, W)
+    if long > long_side:
+        size = (max(1, (H * long_side + long // 2) // long), max(1, (W * long_side + long // 2) // long))
+        grey = F.interpolate(grey, size=size, mode="bilinear", align_corners=False, antialias=True)
+    spectrum = torch.fft.fft2(grey)
+    amplitude = spectrum.abs().clamp_min(_SR_AMPLITUDE_FLOOR)
+    log_amplitude = torch.log(amplitude)
+    local_mean = F.avg_pool2d(F.pad(log_amplitude, (1, 1, 1, 1), mode="circular"), 3, stride=1)
+    # exp(residual + i * phase) = (spectrum / amplitude) * exp(residual)
+    residual_spectrum = spectrum / amplitude * torch.exp(log_amplitude - local_mean)
+    sal = torch.fft.ifft2(residual_spectrum).abs().square()
+    radius = math.ceil(3 * sigma)
+    taps = torch.arange(-radius, radius + 1, device=sal.device, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    sal = F.pad(sal, (radius, radius, radius, radius), mode="replicate")
+    sal = F.conv2d(F.conv2d(sal, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))
+    sal = F.interpolate(sal, size=(H, W), mode="bilinear", align_corners=False)[:, 0]
+    low, high = torch.aminmax(sal.reshape(B, -1), dim=1)
+    low, high = low.view(B, 1, 1), high.view(B, 1, 1)
+    return (sal - low) / (high - low).clamp_min(_SR_RANGE_FLOOR)
 
 
 # ----------------------------------------------------------------------------------------------------
