@@ -7,9 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from _cost import crop_saliency_bytes, spectral_residual_bytes
-from lmcl_fast import ops
-
 from _harness import record, run_synced
+from lmcl_fast import ops
 
 B, H, W, N = 32, 384, 512, 64
 

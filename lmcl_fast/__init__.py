@@ -5,8 +5,10 @@ Python side of each op (fake kernels for torch.compile, autograd formulas).
 """
 import torch  # noqa: F401  (loads libtorch, which _C links against)
 
-from . import _C  # noqa: F401  (loads the library: runs the TORCH_LIBRARY registrations)
-from . import ops
+from . import (
+    _C,  # noqa: F401  (loads the library: runs the TORCH_LIBRARY registrations)
+    ops,
+)
 from ._C import build_info
 
 __all__ = ["ops", "build_info"]

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from lmcl_fast import ops
-
 from lmcl_testing import DEVICES, TOLERANCES
 
 TOL = TOLERANCES[("crop_saliency", torch.float32)]

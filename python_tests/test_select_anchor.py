@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from lmcl_fast import ops
-
 from lmcl_testing import DEVICES
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 from lmcl_fast import ops
-
 from lmcl_testing import DEVICES, TOLERANCES
 
 TOL = TOLERANCES[("spectral_residual", torch.float32)]
