@@ -39,7 +39,7 @@ def _lmc_acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _lmc_check_meta(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight):
+def _lmc_check_meta(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight, key_tile):
     # Mirrors check_lmc_loss_args (csrc/ops/lmc_loss.cpp) except the anchor_idx range (data).
     ok = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
     torch._check(z.dim() == 3, lambda: f"lmc_loss: z must have shape [B, N, D], got {tuple(z.shape)}")
@@ -80,11 +80,12 @@ def _lmc_check_meta(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_
     torch._check_value(
         math.isfinite(manifold_weight), lambda: f"lmc_loss: manifold_weight must be finite, got {manifold_weight}"
     )
+    torch._check_value(key_tile >= 0, lambda: f"lmc_loss: key_tile must be >= 0 (0: automatic), got {key_tile}")
 
 
 @torch.library.register_fake("lmcl::lmc_loss")
-def _lmc_loss_fake(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight):
-    _lmc_check_meta(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight)
+def _lmc_loss_fake(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight, key_tile=0):
+    _lmc_check_meta(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight, key_tile)
     B, N, _ = z.shape
     acc = _lmc_acc_dtype(z.dtype)
     return (
@@ -97,29 +98,39 @@ def _lmc_loss_fake(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_w
 
 @torch.library.register_fake("lmcl::_lmc_loss_backward")
 def _lmc_loss_backward_fake(grad, z, anchor_idx, z_keys, teacher_keys, cluster_lse, cluster_logits, manifold_lse,
-                            key_offset, tau, intra_weight, manifold_weight):
-    _lmc_check_meta(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight)
+                            key_offset, tau, intra_weight, manifold_weight, key_tile=0):
+    _lmc_check_meta(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight, key_tile)
     return z.new_empty(z.shape), z_keys.new_empty(z_keys.shape), teacher_keys.new_empty(teacher_keys.shape)
 
 
 def _lmc_loss_setup_context(ctx, inputs, output):
-    z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight = inputs
+    z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight, key_tile = inputs
     _, cluster_lse, cluster_logits, manifold_lse = output
     ctx.mark_non_differentiable(cluster_lse, cluster_logits, manifold_lse)
     # O(B*N*D) inputs and O(B*N) row state: no similarity matrix is kept.
     ctx.save_for_backward(z, anchor_idx, z_keys, teacher_keys, cluster_lse, cluster_logits, manifold_lse)
-    ctx.lmc_args = (key_offset, tau, intra_weight, manifold_weight)
+    ctx.lmc_args = (key_offset, tau, intra_weight, manifold_weight, key_tile)
 
 
 def _lmc_loss_backward(ctx, grad_loss, *_state_grads):
     grad_z, grad_z_keys, grad_teacher_keys = torch.ops.lmcl._lmc_loss_backward.default(
         grad_loss, *ctx.saved_tensors, *ctx.lmc_args
     )
-    return grad_z, None, grad_z_keys, grad_teacher_keys, None, None, None, None
+    return grad_z, None, grad_z_keys, grad_teacher_keys, None, None, None, None, None
 
 
 torch.library.register_autograd(
     "lmcl::lmc_loss", _lmc_loss_backward, setup_context=_lmc_loss_setup_context
+)
+
+
+def _lmc_loss_double_backward(ctx, *grads):
+    raise RuntimeError("lmc_loss: double backward is not supported (the backward recomputes the similarities "
+                       "tile by tile and has no derivative of its own)")
+
+
+torch.library.register_autograd(
+    "lmcl::_lmc_loss_backward", _lmc_loss_double_backward, setup_context=lambda ctx, inputs, output: None
 )
 
 

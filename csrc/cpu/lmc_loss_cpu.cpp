@@ -43,10 +43,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lmc_loss_cpu(const at
                                                                         const at::Tensor& z_keys,
                                                                         const at::Tensor& teacher_keys,
                                                                         int64_t key_offset, double tau,
-                                                                        double intra_weight, double manifold_weight) {
-  check_lmc_loss_args(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight);
+                                                                        double intra_weight, double manifold_weight, int64_t key_tile) {
+  check_lmc_loss_args(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight, key_tile);
   CpuPasses passes;
-  const lmc::LmcOptions o{key_offset, tau, intra_weight, manifold_weight, 0};
+  const lmc::LmcOptions o{key_offset, tau, intra_weight, manifold_weight, key_tile};
   if (lmc::acc_type_of(z) == at::kDouble) {
     return lmc::lmc_loss_forward_tiled<double>(passes, z, anchor_idx, z_keys, teacher_keys, o);
   }
@@ -56,11 +56,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lmc_loss_cpu(const at
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lmc_loss_backward_cpu(
     const at::Tensor& grad, const at::Tensor& z, const at::Tensor& anchor_idx, const at::Tensor& z_keys,
     const at::Tensor& teacher_keys, const at::Tensor& cluster_lse, const at::Tensor& cluster_logits,
-    const at::Tensor& manifold_lse, int64_t key_offset, double tau, double intra_weight, double manifold_weight) {
-  check_lmc_loss_args(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight);
+    const at::Tensor& manifold_lse, int64_t key_offset, double tau, double intra_weight, double manifold_weight, int64_t key_tile) {
+  check_lmc_loss_args(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight, key_tile);
   check_lmc_loss_backward_args(grad, z, cluster_lse, cluster_logits, manifold_lse);
   CpuPasses passes;
-  const lmc::LmcOptions o{key_offset, tau, intra_weight, manifold_weight, 0};
+  const lmc::LmcOptions o{key_offset, tau, intra_weight, manifold_weight, key_tile};
   if (lmc::acc_type_of(z) == at::kDouble) {
     return lmc::lmc_loss_backward_tiled<double>(passes, grad, z, anchor_idx, z_keys, teacher_keys, cluster_lse,
                                                 cluster_logits, manifold_lse, o);

@@ -21,7 +21,7 @@ void check_embeddings(const at::Tensor& t, const char* name) {
 
 void check_lmc_loss_args(const at::Tensor& z, const at::Tensor& anchor_idx, const at::Tensor& z_keys,
                          const at::Tensor& teacher_keys, int64_t key_offset, double tau, double intra_weight,
-                         double manifold_weight) {
+                         double manifold_weight, int64_t key_tile) {
   check_embeddings(z, "z");
   check_embeddings(z_keys, "z_keys");
   check_embeddings(teacher_keys, "teacher");
@@ -52,6 +52,7 @@ void check_lmc_loss_args(const at::Tensor& z, const at::Tensor& anchor_idx, cons
                     "lmc_loss: intra_weight must be finite and >= 0, got ", intra_weight);
   TORCH_CHECK_VALUE(std::isfinite(manifold_weight), "lmc_loss: manifold_weight must be finite, got ",
                     manifold_weight);
+  TORCH_CHECK_VALUE(key_tile >= 0, "lmc_loss: key_tile must be >= 0 (0: automatic), got ", key_tile);
   const auto [lo, hi] = at::aminmax(anchor_idx);
   const int64_t min_idx = lo.item<int64_t>();
   const int64_t max_idx = hi.item<int64_t>();
@@ -79,15 +80,15 @@ TORCH_LIBRARY_FRAGMENT(lmcl, m) {
   // Queries are this process's z; keys are z_keys / teacher_keys (all ranks' crops, gathered in Python;
   // the inputs themselves in one process), key_offset = first key image of z. Returns the loss and the
   // per-row state backward needs: log NEG_i and the anchor's logits p_ik of the cluster rows, and the
-  // manifold rows' log-sum-exp.
+  // manifold rows' log-sum-exp. key_tile: keys per similarity tile (0 picks it from the batch size).
   m.def(
       "lmc_loss(Tensor z, Tensor anchor_idx, Tensor z_keys, Tensor teacher_keys, int key_offset, float tau, "
-      "float intra_weight, float manifold_weight) -> (Tensor loss, Tensor cluster_lse, Tensor cluster_logits, "
+      "float intra_weight, float manifold_weight, int key_tile=0) -> (Tensor loss, Tensor cluster_lse, Tensor cluster_logits, "
       "Tensor manifold_lse)");
   m.def(
       "_lmc_loss_backward(Tensor grad, Tensor z, Tensor anchor_idx, Tensor z_keys, Tensor teacher_keys, "
       "Tensor cluster_lse, Tensor cluster_logits, Tensor manifold_lse, int key_offset, float tau, "
-      "float intra_weight, float manifold_weight) -> (Tensor grad_z, Tensor grad_z_keys, Tensor grad_teacher_keys)");
+      "float intra_weight, float manifold_weight, int key_tile=0) -> (Tensor grad_z, Tensor grad_z_keys, Tensor grad_teacher_keys)");
 }
 
 }  // namespace lmcl

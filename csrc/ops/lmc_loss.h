@@ -9,7 +9,7 @@ namespace lmcl {
 // rule: anchor_idx in [0, N) (one device-to-host read on CUDA).
 void check_lmc_loss_args(const at::Tensor& z, const at::Tensor& anchor_idx, const at::Tensor& z_keys,
                          const at::Tensor& teacher_keys, int64_t key_offset, double tau, double intra_weight,
-                         double manifold_weight);
+                         double manifold_weight, int64_t key_tile);
 
 // The saved forward outputs and the upstream gradient handed to _lmc_loss_backward.
 void check_lmc_loss_backward_args(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& cluster_lse,
