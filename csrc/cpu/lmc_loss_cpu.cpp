@@ -13,6 +13,49 @@
 namespace lmcl {
 namespace {
 
+// The element-wise passes are exp-bound. The library is built for baseline x86-64 (SSE2, 4 floats), so
+// on CPUs with AVX2 + FMA the same loops are also compiled 8 floats wide (flatten inlines the shared
+// row functions into the clone) and picked at run time. One machine always takes the same path, so
+// results stay bit-reproducible there.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define LMCL_HAS_AVX2_CLONE 1
+#define LMCL_AVX2_CLONE __attribute__((target("avx2,fma"), flatten))
+bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+#endif
+
+template <class Body>
+void items_baseline(const typename Body::Params& p, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) {
+    Body::item(p, i);
+  }
+}
+
+template <typename acc_t>
+void grad_rows_baseline(const typename lmc::GradTileBody<acc_t>::Params& p, int64_t begin, int64_t end) {
+  for (int64_t r = begin; r < end; ++r) {
+    lmc::GradTileBody<acc_t>::row(p, r);
+  }
+}
+
+#ifdef LMCL_HAS_AVX2_CLONE
+template <class Body>
+LMCL_AVX2_CLONE void items_avx2(const typename Body::Params& p, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) {
+    Body::item(p, i);
+  }
+}
+
+template <typename acc_t>
+LMCL_AVX2_CLONE void grad_rows_avx2(const typename lmc::GradTileBody<acc_t>::Params& p, int64_t begin, int64_t end) {
+  for (int64_t r = begin; r < end; ++r) {
+    lmc::GradTileBody<acc_t>::row(p, r);
+  }
+}
+#endif
+
 struct CpuPasses {
   // ~32k scalar operations per chunk (ATen's GRAIN_SIZE), cost = operations per item.
   static int64_t grain(int64_t cost) {
@@ -22,18 +65,26 @@ struct CpuPasses {
   template <class Body>
   void for_each(const typename Body::Params& p, int64_t items, int64_t cost) {
     at::parallel_for(0, items, grain(cost), [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        Body::item(p, i);
+#ifdef LMCL_HAS_AVX2_CLONE
+      if (cpu_has_avx2()) {
+        items_avx2<Body>(p, begin, end);
+        return;
       }
+#endif
+      items_baseline<Body>(p, begin, end);
     });
   }
 
   template <typename acc_t>
   void grad_tile(const typename lmc::GradTileBody<acc_t>::Params& p) {
     at::parallel_for(0, p.t.rows, grain(8 * p.t.cols), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        lmc::GradTileBody<acc_t>::row(p, r);
+#ifdef LMCL_HAS_AVX2_CLONE
+      if (cpu_has_avx2()) {
+        grad_rows_avx2<acc_t>(p, begin, end);
+        return;
       }
+#endif
+      grad_rows_baseline<acc_t>(p, begin, end);
     });
   }
 };
