@@ -42,10 +42,23 @@ LMCL_HD inline float float_from_bits(int32_t bits) {
 #ifdef __CUDA_ARCH__
   return __int_as_float(bits);
 #else
-  float f;
-  __builtin_memcpy(&f, &bits, sizeof(f));
-  return f;
+  return __builtin_bit_cast(float, bits);  // a register move: unlike memcpy, it keeps loops vectorisable
 #endif
+}
+
+LMCL_HD inline int32_t bits_of_float(float f) {
+#ifdef __CUDA_ARCH__
+  return __float_as_int(f);
+#else
+  return __builtin_bit_cast(int32_t, f);
+#endif
+}
+
+// cond ? a : b for floats through integer masks. Under -ftrapping-math (the default) GCC does not
+// if-convert a floating-point ?: inside the loops below, and one such branch keeps a whole loop scalar.
+LMCL_HD inline float select_float(bool cond, float a, float b) {
+  const int32_t m = -static_cast<int32_t>(cond);
+  return float_from_bits((bits_of_float(a) & m) | (bits_of_float(b) & ~m));
 }
 
 // exp(x) for float as a branch-free polynomial (Cephes expf: Cody-Waite reduction, degree-5
@@ -54,7 +67,8 @@ LMCL_HD inline float float_from_bits(int32_t bits) {
 LMCL_HD inline float exp_acc(float x) {
   const float lo = -87.0f;
   const float hi = 88.0f;
-  const float xc = x < lo ? lo : (x > hi ? hi : x);
+  const float xh = select_float(x > hi, hi, x);
+  const float xc = select_float(xh < lo, lo, xh);
   // round(x * log2(e)) by the 1.5 * 2^23 trick (exact without -ffast-math for |n| < 2^22).
   const float magic = 12582912.0f;
   const float n = (xc * 1.44269504088896341f + magic) - magic;
@@ -67,7 +81,7 @@ LMCL_HD inline float exp_acc(float x) {
   p = p * r + 5.0000001201e-1f;
   const float y = p * (r * r) + r + 1.0f;
   const float scale = float_from_bits((static_cast<int32_t>(n) + 127) << 23);
-  return x < lo ? 0.0f : y * scale;
+  return select_float(x >= lo, y * scale, 0.0f);
 }
 
 LMCL_HD inline double exp_acc(double x) {
