@@ -98,7 +98,8 @@ def _lmc_loss_fake(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_w
 
 @torch.library.register_fake("lmcl::_lmc_loss_backward")
 def _lmc_loss_backward_fake(grad, z, anchor_idx, z_keys, teacher_keys, cluster_lse, cluster_logits, manifold_lse,
-                            key_offset, tau, intra_weight, manifold_weight, key_tile=0):
+                            key_offset, tau, intra_weight, manifold_weight, need_grad_z, need_grad_z_keys,
+                            need_grad_teacher_keys, key_tile=0):
     _lmc_check_meta(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight, key_tile)
     return z.new_empty(z.shape), z_keys.new_empty(z_keys.shape), teacher_keys.new_empty(teacher_keys.shape)
 
@@ -109,12 +110,14 @@ def _lmc_loss_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(cluster_lse, cluster_logits, manifold_lse)
     # O(B*N*D) inputs and O(B*N) row state: no similarity matrix is kept.
     ctx.save_for_backward(z, anchor_idx, z_keys, teacher_keys, cluster_lse, cluster_logits, manifold_lse)
-    ctx.lmc_args = (key_offset, tau, intra_weight, manifold_weight, key_tile)
+    ctx.lmc_args = (key_offset, tau, intra_weight, manifold_weight)
+    ctx.lmc_key_tile = key_tile
 
 
 def _lmc_loss_backward(ctx, grad_loss, *_state_grads):
+    needs = ctx.needs_input_grad
     grad_z, grad_z_keys, grad_teacher_keys = torch.ops.lmcl._lmc_loss_backward.default(
-        grad_loss, *ctx.saved_tensors, *ctx.lmc_args
+        grad_loss, *ctx.saved_tensors, *ctx.lmc_args, needs[0], needs[2], needs[3], ctx.lmc_key_tile
     )
     return grad_z, None, grad_z_keys, grad_teacher_keys, None, None, None, None, None
 

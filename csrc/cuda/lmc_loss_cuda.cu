@@ -6,6 +6,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <array>
+
 #include "cuda/launch.cuh"
 #include "cuda/lmc_loss_launch.h"
 #include "ops/lmc_loss.h"
@@ -41,7 +43,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lmc_loss_cuda(const a
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lmc_loss_backward_cuda(
     const at::Tensor& grad, const at::Tensor& z, const at::Tensor& anchor_idx, const at::Tensor& z_keys,
     const at::Tensor& teacher_keys, const at::Tensor& cluster_lse, const at::Tensor& cluster_logits,
-    const at::Tensor& manifold_lse, int64_t key_offset, double tau, double intra_weight, double manifold_weight, int64_t key_tile) {
+    const at::Tensor& manifold_lse, int64_t key_offset, double tau, double intra_weight, double manifold_weight,
+    bool need_grad_z, bool need_grad_z_keys, bool need_grad_teacher_keys, int64_t key_tile) {
+  const std::array<bool, 3> output_mask{need_grad_z, need_grad_z_keys, need_grad_teacher_keys};
   check_lmc_loss_args(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight, key_tile);
   check_lmc_loss_backward_args(grad, z, cluster_lse, cluster_logits, manifold_lse);
   const c10::cuda::CUDAGuard guard(z.device());
@@ -49,10 +53,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lmc_loss_backward_cuda(
   const lmc::LmcOptions o{key_offset, tau, intra_weight, manifold_weight, key_tile};
   if (lmc::acc_type_of(z) == at::kDouble) {
     return lmc::lmc_loss_backward_tiled<double>(passes, grad, z, anchor_idx, z_keys, teacher_keys, cluster_lse,
-                                                cluster_logits, manifold_lse, o);
+                                                cluster_logits, manifold_lse, o, output_mask);
   }
   return lmc::lmc_loss_backward_tiled<float>(passes, grad, z, anchor_idx, z_keys, teacher_keys, cluster_lse,
-                                             cluster_logits, manifold_lse, o);
+                                             cluster_logits, manifold_lse, o, output_mask);
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include <ATen/Dispatch.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <tuple>
@@ -189,12 +190,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lmc_loss_forward_tile
   return {loss, clu_lse, clu_same, man_lse};
 }
 
-// Returns (grad_z, grad_z_keys, grad_teacher_keys), in the inputs' dtypes, contiguous.
+// Returns (grad_z, grad_z_keys, grad_teacher_keys), in the inputs' dtypes, contiguous; zeros (and no
+// GEMM) for those whose output_mask entry is false.
 template <typename acc_t, typename Passes>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lmc_loss_backward_tiled(
     Passes& passes, const at::Tensor& grad, const at::Tensor& z, const at::Tensor& anchor_idx_in,
     const at::Tensor& z_keys, const at::Tensor& teacher_keys, const at::Tensor& cluster_lse_in,
-    const at::Tensor& cluster_logits_in, const at::Tensor& manifold_lse_in, const LmcOptions& o) {
+    const at::Tensor& cluster_logits_in, const at::Tensor& manifold_lse_in, const LmcOptions& o,
+    std::array<bool, 3> output_mask) {
   const int64_t B = z.size(0);
   const int64_t N = z.size(1);
   const int64_t D = z.size(2);
@@ -219,6 +222,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lmc_loss_backward_tiled(
       B, 16 * N);
   const acc_t man_scale = static_cast<acc_t>(o.manifold_weight / static_cast<double>(Mq)) * inv_tau;
 
+  const bool need_q = output_mask[0];
+  const bool need_kz = output_mask[1];
+  const bool need_kt = output_mask[2];
   at::Tensor dq = at::zeros({Mq, D}, opts);
   at::Tensor da = at::zeros({B, D}, opts);
   at::Tensor dkz = at::empty({Mk, D}, opts);
@@ -228,28 +234,42 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lmc_loss_backward_tiled(
   at::Tensor clu_buf = at::empty({B * T}, opts);
   for (int64_t c0 = 0; c0 < Mk; c0 += T) {
     const int64_t tc = std::min(T, Mk - c0);
-    const at::Tensor kt = n.kt.narrow(0, c0, tc);
-    at::Tensor s = tile_view(man_buf, Mq, tc);
-    at::mm_out(s, n.q, kt.t());
-    passes.template grad_tile<acc_t>({tile_params<acc_t>(s, c0, N, o, nullptr), manifold_lse.data_ptr<acc_t>(),
-                                      nullptr, man_scale, nullptr});
-    dq.addmm_(s, kt);
-    at::Tensor dkt_chunk = dkt.narrow(0, c0, tc);
-    at::mm_out(dkt_chunk, s.t(), n.q);
-
-    const at::Tensor kz = n.kz.narrow(0, c0, tc);
-    at::Tensor sc = tile_view(clu_buf, B, tc);
-    at::mm_out(sc, n.anchors, kz.t());
-    passes.template grad_tile<acc_t>({tile_params<acc_t>(sc, c0, N, o, anchor_ptr), cluster_lse.data_ptr<acc_t>(),
-                                      row_scale.data_ptr<acc_t>(), acc_t(0), pos_coef.data_ptr<acc_t>()});
-    da.addmm_(sc, kz);
-    at::Tensor dkz_chunk = dkz.narrow(0, c0, tc);
-    at::mm_out(dkz_chunk, sc.t(), n.anchors);
+    if (need_q || need_kt) {
+      const at::Tensor kt = n.kt.narrow(0, c0, tc);
+      at::Tensor s = tile_view(man_buf, Mq, tc);
+      at::mm_out(s, n.q, kt.t());
+      passes.template grad_tile<acc_t>({tile_params<acc_t>(s, c0, N, o, nullptr), manifold_lse.data_ptr<acc_t>(),
+                                        nullptr, man_scale, nullptr});
+      if (need_q) {
+        dq.addmm_(s, kt);
+      }
+      if (need_kt) {
+        at::Tensor dkt_chunk = dkt.narrow(0, c0, tc);
+        at::mm_out(dkt_chunk, s.t(), n.q);
+      }
+    }
+    if (need_q || need_kz) {
+      const at::Tensor kz = n.kz.narrow(0, c0, tc);
+      at::Tensor sc = tile_view(clu_buf, B, tc);
+      at::mm_out(sc, n.anchors, kz.t());
+      passes.template grad_tile<acc_t>({tile_params<acc_t>(sc, c0, N, o, anchor_ptr), cluster_lse.data_ptr<acc_t>(),
+                                        row_scale.data_ptr<acc_t>(), acc_t(0), pos_coef.data_ptr<acc_t>()});
+      if (need_q) {
+        da.addmm_(sc, kz);
+      }
+      if (need_kz) {
+        at::Tensor dkz_chunk = dkz.narrow(0, c0, tc);
+        at::mm_out(dkz_chunk, sc.t(), n.anchors);
+      }
+    }
   }
 
-  return {normalize_backward<acc_t>(passes, z, dq, &da, anchor_idx, grad_out),
-          normalize_backward<acc_t>(passes, z_keys, dkz, nullptr, anchor_idx, grad_out),
-          normalize_backward<acc_t>(passes, teacher_keys, dkt, nullptr, anchor_idx, grad_out)};
+  const auto zeros_like_input = [](const at::Tensor& x) { return at::zeros(x.sizes(), x.options()); };
+  return {need_q ? normalize_backward<acc_t>(passes, z, dq, &da, anchor_idx, grad_out) : zeros_like_input(z),
+          need_kz ? normalize_backward<acc_t>(passes, z_keys, dkz, nullptr, anchor_idx, grad_out)
+                  : zeros_like_input(z_keys),
+          need_kt ? normalize_backward<acc_t>(passes, teacher_keys, dkt, nullptr, anchor_idx, grad_out)
+                  : zeros_like_input(teacher_keys)};
 }
 
 }  // namespace lmc

@@ -47,10 +47,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lmc_loss_backward_grid(
   const lmc::LmcOptions o{key_offset, tau, intra_weight, manifold_weight, key_tile};
   if (lmc::acc_type_of(z) == at::kDouble) {
     return lmc::lmc_loss_backward_tiled<double>(passes, grad, z, anchor_idx, z_keys, teacher_keys, cluster_lse,
-                                                cluster_logits, manifold_lse, o);
+                                                cluster_logits, manifold_lse, o, {true, true, true});
   }
   return lmc::lmc_loss_backward_tiled<float>(passes, grad, z, anchor_idx, z_keys, teacher_keys, cluster_lse,
-                                             cluster_logits, manifold_lse, o);
+                                             cluster_logits, manifold_lse, o, {true, true, true});
 }
 
 // One launch of the backward tile body alone, on a given similarity tile (empty tiles included).
