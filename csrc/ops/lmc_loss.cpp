@@ -21,7 +21,7 @@ void check_embeddings(const at::Tensor& t, const char* name) {
 
 void check_lmc_loss_args(const at::Tensor& z, const at::Tensor& anchor_idx, const at::Tensor& z_keys,
                          const at::Tensor& teacher_keys, int64_t key_offset, double tau, double intra_weight,
-                         double manifold_weight, int64_t key_tile) {
+                         double manifold_weight, int64_t key_tile, bool check_anchor_values) {
   check_embeddings(z, "z");
   check_embeddings(z_keys, "z_keys");
   check_embeddings(teacher_keys, "teacher");
@@ -53,6 +53,9 @@ void check_lmc_loss_args(const at::Tensor& z, const at::Tensor& anchor_idx, cons
   TORCH_CHECK_VALUE(std::isfinite(manifold_weight), "lmc_loss: manifold_weight must be finite, got ",
                     manifold_weight);
   TORCH_CHECK_VALUE(key_tile >= 0, "lmc_loss: key_tile must be >= 0 (0: automatic), got ", key_tile);
+  if (!check_anchor_values) {
+    return;
+  }
   const auto [lo, hi] = at::aminmax(anchor_idx);
   const int64_t min_idx = lo.item<int64_t>();
   const int64_t max_idx = hi.item<int64_t>();
