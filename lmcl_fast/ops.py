@@ -63,7 +63,9 @@ def _lmc_check_meta(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_
         teacher_keys.shape == z_keys.shape,
         lambda: f"lmc_loss: teacher must have the shape of z {tuple(z_keys.shape)}, got {tuple(teacher_keys.shape)}",
     )
-    torch._check_type(anchor_idx.dtype == torch.int64, lambda: f"lmc_loss: anchor_idx must be int64, got {anchor_idx.dtype}")
+    torch._check_type(
+        anchor_idx.dtype == torch.int64, lambda: f"lmc_loss: anchor_idx must be int64, got {anchor_idx.dtype}"
+    )
     torch._check(
         anchor_idx.dim() == 1 and anchor_idx.shape[0] == B,
         lambda: f"lmc_loss: anchor_idx must have shape [B] = [{B}], got {tuple(anchor_idx.shape)}",

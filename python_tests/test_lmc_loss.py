@@ -11,7 +11,8 @@ from lmcl_fast.ops import lmc_loss
 from conftest import DEVICES, LOWP_ERROR_FACTOR, TOLERANCES
 
 
-def reference_lmc_loss(z, anchor_idx, teacher=None, tau=0.1, intra_weight=0.5, manifold_weight=1.0, dtype=torch.float64):
+def reference_lmc_loss(z, anchor_idx, teacher=None, tau=0.1, intra_weight=0.5, manifold_weight=1.0,
+                       dtype=torch.float64):
     """SPEC §1.4 written out with the full [M, M] similarity matrices and masks, computed in `dtype`."""
     z = z.to(dtype)
     t = z if teacher is None else teacher.to(dtype)

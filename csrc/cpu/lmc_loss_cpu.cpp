@@ -90,13 +90,11 @@ struct CpuPasses {
   }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lmc_loss_cpu(const at::Tensor& z,
-                                                                        const at::Tensor& anchor_idx,
-                                                                        const at::Tensor& z_keys,
-                                                                        const at::Tensor& teacher_keys,
-                                                                        int64_t key_offset, double tau,
-                                                                        double intra_weight, double manifold_weight, int64_t key_tile) {
-  check_lmc_loss_args(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight, key_tile, true);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lmc_loss_cpu(
+    const at::Tensor& z, const at::Tensor& anchor_idx, const at::Tensor& z_keys, const at::Tensor& teacher_keys,
+    int64_t key_offset, double tau, double intra_weight, double manifold_weight, int64_t key_tile) {
+  check_lmc_loss_args(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight, key_tile,
+                      /*check_anchor_values=*/true);
   CpuPasses passes;
   const lmc::LmcOptions o{key_offset, tau, intra_weight, manifold_weight, key_tile};
   if (lmc::acc_type_of(z) == at::kDouble) {
@@ -111,7 +109,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lmc_loss_backward_cpu(
     const at::Tensor& manifold_lse, int64_t key_offset, double tau, double intra_weight, double manifold_weight,
     bool need_grad_z, bool need_grad_z_keys, bool need_grad_teacher_keys, int64_t key_tile) {
   const std::array<bool, 3> output_mask{need_grad_z, need_grad_z_keys, need_grad_teacher_keys};
-  check_lmc_loss_args(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight, key_tile, false);
+  check_lmc_loss_args(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight, key_tile,
+                      /*check_anchor_values=*/false);
   check_lmc_loss_backward_args(grad, z, cluster_lse, cluster_logits, manifold_lse);
   CpuPasses passes;
   const lmc::LmcOptions o{key_offset, tau, intra_weight, manifold_weight, key_tile};

@@ -88,8 +88,8 @@ TORCH_LIBRARY_FRAGMENT(lmcl, m) {
   // as zeros and their GEMMs are skipped (a detached EMA teacher saves a quarter of the backward).
   m.def(
       "lmc_loss(Tensor z, Tensor anchor_idx, Tensor z_keys, Tensor teacher_keys, int key_offset, float tau, "
-      "float intra_weight, float manifold_weight, int key_tile=0) -> (Tensor loss, Tensor cluster_lse, Tensor cluster_logits, "
-      "Tensor manifold_lse)");
+      "float intra_weight, float manifold_weight, int key_tile=0) -> (Tensor loss, Tensor cluster_lse, "
+      "Tensor cluster_logits, Tensor manifold_lse)");
   m.def(
       "_lmc_loss_backward(Tensor grad, Tensor z, Tensor anchor_idx, Tensor z_keys, Tensor teacher_keys, "
       "Tensor cluster_lse, Tensor cluster_logits, Tensor manifold_lse, int key_offset, float tau, "
