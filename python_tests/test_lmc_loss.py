@@ -1,5 +1,8 @@
 """lmc_loss (SPEC §1.4) against a float64 eager reference: values, gradients, dtypes, tiles, checks."""
+import importlib.util
+import os
 import random
+import sys
 
 import pytest
 import torch
@@ -8,7 +11,23 @@ import torch.nn.functional as F
 import lmcl_fast  # noqa: F401  (registers torch.ops.lmcl)
 from lmcl_fast.ops import lmc_loss
 
-from conftest import DEVICES, LOWP_ERROR_FACTOR, TOLERANCES
+
+def _sibling_conftest(name):
+    """This directory's conftest.py as a module. `from conftest import ...` is unsafe: when pytest collects
+    python_tests/ and bench/ together (CI), both are modules named `conftest` and the name resolves to
+    whichever loaded last."""
+    module = sys.modules.get(name)
+    if module is None:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conftest.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+_conftest = _sibling_conftest("_lmcl_python_tests_conftest")
+DEVICES, LOWP_ERROR_FACTOR, TOLERANCES = _conftest.DEVICES, _conftest.LOWP_ERROR_FACTOR, _conftest.TOLERANCES
 
 
 def reference_lmc_loss(z, anchor_idx, teacher=None, tau=0.1, intra_weight=0.5, manifold_weight=1.0,

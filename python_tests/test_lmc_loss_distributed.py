@@ -1,6 +1,8 @@
 """lmc_loss(group=...) with gloo in 2 CPU processes against the single-process loss of the global batch
 (SPEC §1.4: mean of the W values = global loss; z.grad on rank p = W x the global gradient of its rows)."""
+import importlib.util
 import os
+import sys
 
 import pytest
 import torch
@@ -10,7 +12,23 @@ import torch.multiprocessing as mp
 import lmcl_fast  # noqa: F401
 from lmcl_fast.ops import lmc_loss
 
-from conftest import TOLERANCES
+
+def _sibling_conftest(name):
+    """This directory's conftest.py as a module. `from conftest import ...` is unsafe: when pytest collects
+    python_tests/ and bench/ together (CI), both are modules named `conftest` and the name resolves to
+    whichever loaded last."""
+    module = sys.modules.get(name)
+    if module is None:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conftest.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+_conftest = _sibling_conftest("_lmcl_python_tests_conftest")
+TOLERANCES = _conftest.TOLERANCES
 
 WORLD = 2
 B, N, D = 3, 4, 8
