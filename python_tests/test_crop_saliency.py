@@ -299,3 +299,21 @@ def test_cuda_matches_cpu():
         out_cpu.backward(g)
         torch.testing.assert_close(out_cuda.cpu(), out_cpu, **TOL)
         torch.testing.assert_close(sc.grad.cpu(), saliency.grad, **GRAD_TOL)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_backward_deterministic_mode():
+    # The CUDA backward accumulates box corners with index_put_(accumulate=True), which takes its
+    # deterministic (sorting) path under torch.use_deterministic_algorithms: two runs are bit-equal.
+    saliency, boxes = sample_inputs("cuda")[0]
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        grads = []
+        for _ in range(2):
+            s = saliency.detach().clone().requires_grad_(True)
+            ops.crop_saliency(s, boxes).sum().backward()
+            grads.append(s.grad)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert torch.equal(grads[0], grads[1])

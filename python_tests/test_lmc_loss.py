@@ -379,13 +379,85 @@ def test_grid_runner_grad_tile_body(grid_runner, rows, cols):
     torch.testing.assert_close(out, expected, **TOLERANCES[("lmc_loss", torch.float32)])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _to_cuda(case):
+    return {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in case.items()}
+
+
+@cuda
 def test_cuda_matches_cpu():
     case = _case(16, 4, 32, tau=0.05)
     cpu = _value_and_grads(lmc_loss, case)
-    cuda_case = dict(case, z=case["z"].cuda(), anchor_idx=case["anchor_idx"].cuda(), teacher=case["teacher"].cuda())
-    gpu = _value_and_grads(lmc_loss, cuda_case)
+    gpu = _value_and_grads(lmc_loss, _to_cuda(case))
     tol = TOLERANCES[("lmc_loss", torch.float32)]
     torch.testing.assert_close(gpu[0].cpu(), cpu[0], **tol)
     for g, c in zip(gpu[1], cpu[1]):
         assert_grad_close(g.cpu(), c)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("key_tile", [0, 7])
+@pytest.mark.parametrize("teacher", [True, False])
+def test_cuda_raw_ops_match_cpu(dtype, key_tile, teacher):
+    # The CUDA tile loop (column-major forward tiles, cuBLAS GEMMs; several key tiles, the last one
+    # narrower, at key_tile = 7) against the CPU op on the same inputs, forward outputs and backward.
+    # fp16/bf16 gradients against the reference: test_low_precision_inputs (run on cuda too).
+    case = _case(12, 4, 24, tau=0.05, intra_weight=0.3, teacher=teacher, strided=True, dtype=dtype)
+    z, a = case["z"], case["anchor_idx"]
+    t = z if case["teacher"] is None else case["teacher"]
+    rest = (0, 0.05, 0.3, 0.8)
+    cpu = torch.ops.lmcl.lmc_loss(z, a, z, t, *rest, key_tile)
+    zc, ac = z.cuda(), a.cuda()
+    tc = zc if case["teacher"] is None else t.cuda()
+    gpu = torch.ops.lmcl.lmc_loss(zc, ac, zc, tc, *rest, key_tile)
+    tol = TOLERANCES[("lmc_loss", torch.float32)]
+    for x, y in zip(gpu, cpu):
+        assert x.dtype == y.dtype and x.shape == y.shape and x.stride() == y.stride()
+        torch.testing.assert_close(x.cpu(), y, **tol)
+    grad = torch.tensor(1.5, dtype=cpu[0].dtype)
+    cpu_b = torch.ops.lmcl._lmc_loss_backward(grad, z, a, z, t, *cpu[1:], *rest, True, True, True, key_tile)
+    gpu_b = torch.ops.lmcl._lmc_loss_backward(grad.cuda(), zc, ac, zc, tc, *gpu[1:], *rest, True, True, True, key_tile)
+    for x, y in zip(gpu_b, cpu_b):
+        assert x.dtype == y.dtype and x.shape == y.shape and x.stride() == y.stride()
+        if dtype != torch.bfloat16:
+            assert_grad_close(x.cpu(), y)
+
+
+@cuda
+def test_cuda_key_offset_matches_cpu():
+    # A rank's view on the GPU: 2 local images among 5 gathered ones, several key tiles.
+    keys = _case(5, 3, 8)
+    z, a = keys["z"][2:4], keys["anchor_idx"][2:4]
+    args = (z, a, keys["z"], keys["teacher"], 2, 0.1, 0.5, 1.0, 4)
+    cpu = torch.ops.lmcl.lmc_loss(*args)
+    gpu = torch.ops.lmcl.lmc_loss(*[x.cuda() if isinstance(x, torch.Tensor) else x for x in args])
+    for x, y in zip(gpu, cpu):
+        torch.testing.assert_close(x.cpu(), y, **TOLERANCES[("lmc_loss", torch.float32)])
+
+
+@cuda
+def test_cuda_gradcheck_float64():
+    case = _case(3, 3, 4, dtype=torch.float64, device="cuda")
+    z = case["z"].requires_grad_(True)
+    t = case["teacher"].requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda z_, t_: lmc_loss(z_, case["anchor_idx"], t_, tau=0.3), (z, t))
+
+
+@cuda
+def test_cuda_is_deterministic():
+    # No atomics on the CUDA path (every thread owns its outputs): two runs are bit-equal.
+    case = _to_cuda(_case(64, 8, 32, tau=0.05))
+    first = _value_and_grads(lmc_loss, case)
+    second = _value_and_grads(lmc_loss, case)
+    assert torch.equal(first[0], second[0])
+    assert all(torch.equal(a, b) for a, b in zip(first[1], second[1]))
+
+
+@cuda
+def test_cuda_bad_anchor_raises():
+    case = _to_cuda(_case(4, 3, 8))
+    with pytest.raises(ValueError, match="anchor_idx"):
+        lmc_loss(case["z"], torch.tensor([0, 1, 3, 0], device="cuda"), case["teacher"])

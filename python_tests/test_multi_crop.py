@@ -453,3 +453,18 @@ def test_cuda_bad_box_raises():
     kwargs = {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
     with pytest.raises(ValueError, match=r"boxes\[1, 2\]"):
         multi_crop(**kwargs)
+
+
+@cuda
+def test_cuda_backward_alerts_under_deterministic_algorithms():
+    # The CUDA backward scatters with float atomics: torch.use_deterministic_algorithms must raise.
+    images, boxes, size, mean, std, flips = sample_inputs("cuda", "float32", 3)
+    images = images.detach().requires_grad_(True)
+    out = multi_crop(images, boxes, size, mean=mean, std=std, flip=flips)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError, match="_multi_crop_backward"):
+            out.sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(previous)

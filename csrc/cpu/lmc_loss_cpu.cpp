@@ -58,6 +58,9 @@ LMCL_AVX2_CLONE void grad_rows_avx2(const typename lmc::GradTileBody<acc_t>::Par
 #endif
 
 struct CpuPasses {
+  // Row-major similarity tiles: each chunk's row loops run over contiguous memory and vectorise.
+  static constexpr bool kColumnMajorTiles = false;
+
   // ~32k scalar operations per chunk (ATen's GRAIN_SIZE), cost = operations per item.
   static int64_t grain(int64_t cost) {
     return std::max<int64_t>(1, 32768 / std::max<int64_t>(cost, 1));

@@ -4,6 +4,9 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+
+#include <tuple>
 
 #include "kernels/common.h"
 #include "kernels/crop_saliency.h"
@@ -89,6 +92,49 @@ inline at::Tensor crop_saliency_adjoint(const at::Tensor& offset, const at::Tens
   diff.index_put_({offset}, value, /*accumulate=*/true);
   const at::Tensor inner = diff.view({B, H + 1, W + 1}).narrow(1, 0, H).narrow(2, 0, W);
   return at::cumsum(at::cumsum(inner, 2), 1).to(at::kFloat);
+}
+
+// crop_saliency through a grid launcher (CudaGridLauncher or the tests' HostGridLauncher), after
+// check_crop_saliency_args: the table, one look-up launch, then (check = true, as the CUDA op always
+// does) the box check's one device->host read. Returns (means, invalid-box flags).
+template <typename Launcher>
+std::tuple<at::Tensor, at::Tensor> crop_saliency_grid(const at::Tensor& saliency, const at::Tensor& boxes,
+                                                      const Launcher& launcher, int64_t threads, int64_t max_blocks,
+                                                      bool check) {
+  const int64_t B = saliency.size(0), H = saliency.size(1), W = saliency.size(2), N = boxes.size(1);
+  at::Tensor out = at::empty({B, N}, saliency.options());
+  at::Tensor invalid = at::empty({B, N}, saliency.options().dtype(at::kByte));
+  if (B * N == 0) {
+    return {out, invalid};
+  }
+  const at::Tensor sat = crop_saliency_table(saliency);
+  AT_DISPATCH_INDEX_TYPES(boxes.scalar_type(), "lmcl::crop_saliency_cuda", [&] {
+    launcher(CropSaliencyLookupBody<index_t>{}, crop_saliency_lookup_params<index_t>(sat, boxes, out, invalid),
+             crop_saliency_box_config(B * N, threads, max_blocks));
+  });
+  if (check) {
+    check_crop_saliency_flags(invalid, boxes, H, W);
+  }
+  return {out, invalid};
+}
+
+// _crop_saliency_backward through a grid launcher, after check_crop_saliency_backward_args: one corner
+// launch, then the ATen accumulation and scans (crop_saliency_adjoint).
+template <typename Launcher>
+at::Tensor crop_saliency_backward_grid(const at::Tensor& grad, const at::Tensor& boxes, int64_t H, int64_t W,
+                                       const Launcher& launcher, int64_t threads, int64_t max_blocks) {
+  const int64_t B = boxes.size(0), N = boxes.size(1);
+  if (B * H * W == 0) {
+    return at::empty({B, H, W}, grad.options());
+  }
+  at::Tensor offset = at::empty({B * N * 4}, grad.options().dtype(at::kLong));
+  at::Tensor value = at::empty({B * N * 4}, grad.options().dtype(at::kDouble));
+  AT_DISPATCH_INDEX_TYPES(boxes.scalar_type(), "lmcl::crop_saliency_backward_cuda", [&] {
+    launcher(CropSaliencyCornersBody<index_t>{},
+             crop_saliency_corners_params<index_t>(grad, boxes, offset, value, H, W),
+             crop_saliency_box_config(B * N, threads, max_blocks));
+  });
+  return crop_saliency_adjoint(offset, value, B, H, W);
 }
 
 }  // namespace lmcl

@@ -28,4 +28,13 @@ void launch_grid(const typename Body::Params& params, LaunchConfig config) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// launch_grid as a function object, for the host-side launch code in csrc/cuda/<op>_launch.h that the
+// grid-runner tests also run (with HostGridLauncher, python_tests/grid_runner/grid_runner.h).
+struct CudaGridLauncher {
+  template <typename Body>
+  void operator()(Body, const typename Body::Params& params, LaunchConfig config) const {
+    launch_grid<Body>(params, config);
+  }
+};
+
 }  // namespace lmcl

@@ -13,11 +13,14 @@ namespace lmc {
 // Launcher: a type with `template <class Body> void run(const typename Body::Params&, LaunchConfig)`.
 template <typename Launcher>
 struct GridPasses {
+  // The forward's row pass reads its tiles column-major (see similarity_tile).
+  static constexpr bool kColumnMajorTiles = true;
   Launcher launcher;
   int64_t threads = 256;
   int64_t max_blocks = 4096;
 
-  // Row passes: one thread per item (row), grid-stride over the rest.
+  // Row passes: one thread per item (row), grid-stride over the rest. Coalesced where it matters: the
+  // forward tile pass reads column-major tiles (neighbouring rows adjacent in memory).
   template <class Body>
   void for_each(const typename Body::Params& p, int64_t items, int64_t /*cost*/) {
     launcher.template run<Body>(p, grid_stride_config(items, threads, max_blocks));

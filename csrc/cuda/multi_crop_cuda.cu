@@ -15,19 +15,12 @@ namespace {
 constexpr int64_t kThreads = 256;
 constexpr int64_t kMaxBlocks = 4096;
 
-struct CudaLauncher {
-  template <typename Body>
-  void operator()(Body, const typename Body::Params& params, LaunchConfig config) const {
-    launch_grid<Body>(params, config);
-  }
-};
-
 at::Tensor multi_crop_cuda(const at::Tensor& images, const at::Tensor& boxes, at::IntArrayRef size,
                            std::optional<at::ArrayRef<double>> mean, std::optional<at::ArrayRef<double>> std,
                            const std::optional<at::Tensor>& flip, at::ScalarType out_dtype) {
   check_multi_crop_args(images, boxes, size, mean, std, flip, out_dtype);
   const c10::cuda::CUDAGuard guard(images.device());
-  return multi_crop_grid(images, boxes, size, mean, std, flip, out_dtype, CudaLauncher{}, kThreads, kMaxBlocks);
+  return multi_crop_grid(images, boxes, size, mean, std, flip, out_dtype, CudaGridLauncher{}, kThreads, kMaxBlocks);
 }
 
 at::Tensor multi_crop_backward_cuda(const at::Tensor& grad, const at::Tensor& boxes,
@@ -37,7 +30,7 @@ at::Tensor multi_crop_backward_cuda(const at::Tensor& grad, const at::Tensor& bo
   const c10::cuda::CUDAGuard guard(grad.device());
   // The scatter uses float atomics: the summation order, hence the last bits, vary between runs.
   at::globalContext().alertNotDeterministic("lmcl::_multi_crop_backward (CUDA)");
-  return multi_crop_backward_grid(grad, boxes, std, flip, height, width, CudaLauncher{}, kThreads, kMaxBlocks);
+  return multi_crop_backward_grid(grad, boxes, std, flip, height, width, CudaGridLauncher{}, kThreads, kMaxBlocks);
 }
 
 }  // namespace

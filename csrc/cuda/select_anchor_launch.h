@@ -3,6 +3,8 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 
 #include "kernels/common.h"
 #include "kernels/select_anchor.h"
@@ -33,6 +35,27 @@ inline void check_select_anchor_flags(const at::Tensor& out) {
   if (first >= 0) {
     raise_select_anchor_nan(first);
   }
+}
+
+// select_anchor through a grid launcher (CudaGridLauncher or the tests' HostGridLauncher), after
+// check_select_anchor_args: one launch, then (check = true, as the CUDA op always does) the NaN check.
+template <typename Launcher>
+at::Tensor select_anchor_grid(const at::Tensor& scores, const Launcher& launcher, int64_t threads, int64_t max_blocks,
+                              bool check) {
+  const int64_t B = scores.size(0);
+  at::Tensor out = at::empty({B}, scores.options().dtype(at::kLong));
+  if (B == 0) {
+    return out;
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, scores.scalar_type(), "lmcl::select_anchor_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    launcher(SelectAnchorBody<scalar_t, acc_t>{}, select_anchor_params<scalar_t, acc_t>(scores, out),
+             select_anchor_config(B, threads, max_blocks));
+  });
+  if (check) {
+    check_select_anchor_flags(out);
+  }
+  return out;
 }
 
 }  // namespace lmcl

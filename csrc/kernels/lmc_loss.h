@@ -165,12 +165,23 @@ LMCL_HD inline acc_t pair_grad(acc_t s, acc_t inv_tau, acc_t log_w, acc_t lse, a
   return exp_acc(s * inv_tau + log_w - lse) * row_scale - pos_term;
 }
 
-// Online log-sum-exp over one tile row: s[0..cols) are similarities with key rows col0.., the
+// Offset of column j within a tile row: unit stride (the CPU's row-major tiles, whose row loops
+// vectorise) or a run-time stride (the GPU's column-major tiles: one thread per row, so a warp reads
+// 32 neighbouring elements of each column, coalesced).
+struct UnitCols {
+  LMCL_HD int64_t operator()(int64_t j) const { return j; }
+};
+struct StridedCols {
+  int64_t stride;
+  LMCL_HD int64_t operator()(int64_t j) const { return j * stride; }
+};
+
+// Online log-sum-exp over one tile row: s[off(0..cols)] are similarities with key rows col0.., the
 // running (max, sum) of the row is updated in place; the raw logits of the row's own-image keys that
 // fall in this tile are copied to same_logit[0..N) (positives and the cluster's p_k).
-template <typename acc_t>
-LMCL_HD inline void lse_tile_row(const acc_t* s, int64_t cols, int64_t col0, const RowPlace& place, int64_t N,
-                                 acc_t inv_tau, acc_t self_log_w, acc_t same_log_w, acc_t& run_max,
+template <typename acc_t, typename Cols>
+LMCL_HD inline void lse_tile_row(const acc_t* s, Cols off, int64_t cols, int64_t col0, const RowPlace& place,
+                                 int64_t N, acc_t inv_tau, acc_t self_log_w, acc_t same_log_w, acc_t& run_max,
                                  acc_t& run_sum, acc_t* same_logit) {
   // The own image's keys are a contiguous range: plain loops on both sides of it vectorise.
   const int64_t a = clamp_value<int64_t>(place.same_lo - col0, 0, cols);
@@ -178,17 +189,17 @@ LMCL_HD inline void lse_tile_row(const acc_t* s, int64_t cols, int64_t col0, con
   acc_t tmax = neg_inf<acc_t>();
   LMCL_SIMD_MAX(tmax)
   for (int64_t j = 0; j < a; ++j) {
-    const acc_t l = s[j] * inv_tau;
+    const acc_t l = s[off(j)] * inv_tau;
     tmax = l > tmax ? l : tmax;
   }
   for (int64_t j = a; j < b; ++j) {
-    const acc_t l = s[j] * inv_tau + pair_log_weight(col0 + j, place, N, self_log_w, same_log_w);
+    const acc_t l = s[off(j)] * inv_tau + pair_log_weight(col0 + j, place, N, self_log_w, same_log_w);
     tmax = l > tmax ? l : tmax;
-    same_logit[col0 + j - place.same_lo] = s[j] * inv_tau;
+    same_logit[col0 + j - place.same_lo] = s[off(j)] * inv_tau;
   }
   LMCL_SIMD_MAX(tmax)
   for (int64_t j = b; j < cols; ++j) {
-    const acc_t l = s[j] * inv_tau;
+    const acc_t l = s[off(j)] * inv_tau;
     tmax = l > tmax ? l : tmax;
   }
   if (tmax == neg_inf<acc_t>()) {
@@ -198,14 +209,14 @@ LMCL_HD inline void lse_tile_row(const acc_t* s, int64_t cols, int64_t col0, con
   acc_t sum = acc_t(0);
   LMCL_SIMD_SUM(sum)
   for (int64_t j = 0; j < a; ++j) {
-    sum += exp_acc(s[j] * inv_tau - m);
+    sum += exp_acc(s[off(j)] * inv_tau - m);
   }
   for (int64_t j = a; j < b; ++j) {
-    sum += exp_acc(s[j] * inv_tau + pair_log_weight(col0 + j, place, N, self_log_w, same_log_w) - m);
+    sum += exp_acc(s[off(j)] * inv_tau + pair_log_weight(col0 + j, place, N, self_log_w, same_log_w) - m);
   }
   LMCL_SIMD_SUM(sum)
   for (int64_t j = b; j < cols; ++j) {
-    sum += exp_acc(s[j] * inv_tau - m);
+    sum += exp_acc(s[off(j)] * inv_tau - m);
   }
   run_sum = run_sum * exp_acc(run_max - m) + sum;
   run_max = m;
@@ -355,13 +366,14 @@ struct NormalizeBody {
 template <typename acc_t>
 struct TileParams {
   acc_t* s;
-  int64_t rows, cols, ld, col0;
+  int64_t rows, cols, ld, cs, col0;  // element (r, j) at s[r * ld + j * cs]
   int64_t N, key_offset;
   const int64_t* anchor_idx;  // cluster rows when set
   acc_t inv_tau, self_log_w, same_log_w;
 };
 
-// Forward: online LSE of every row over this tile. One item = one row.
+// Forward: online LSE of every row over this tile. One item = one row (the GPU's tiles are
+// column-major so that this is coalesced; see UnitCols / StridedCols).
 template <typename acc_t>
 struct LseTileBody {
   struct Params {
@@ -372,14 +384,20 @@ struct LseTileBody {
   };
   static LMCL_HD void item(const Params& p, int64_t r) {
     const RowPlace place = row_place(r, p.t.N, p.t.key_offset, p.t.anchor_idx);
-    lse_tile_row(p.t.s + r * p.t.ld, p.t.cols, p.t.col0, place, p.t.N, p.t.inv_tau, p.t.self_log_w, p.t.same_log_w,
-                 p.run_max[r], p.run_sum[r], p.same_logit + r * p.t.N);
+    if (p.t.cs == 1) {
+      lse_tile_row(p.t.s + r * p.t.ld, UnitCols{}, p.t.cols, p.t.col0, place, p.t.N, p.t.inv_tau, p.t.self_log_w,
+                   p.t.same_log_w, p.run_max[r], p.run_sum[r], p.same_logit + r * p.t.N);
+    } else {
+      lse_tile_row(p.t.s + r * p.t.ld, StridedCols{p.t.cs}, p.t.cols, p.t.col0, place, p.t.N, p.t.inv_tau,
+                   p.t.self_log_w, p.t.same_log_w, p.run_max[r], p.run_sum[r], p.same_logit + r * p.t.N);
+    }
   }
   LMCL_GRID_STRIDE_RUN(p.t.rows)
 };
 
 // Backward: similarity -> gradient coefficient, in place. One item = one tile element (coalesced
-// on the GPU); row() is the same math a row at a time for the CPU.
+// on the GPU for row-major tiles); row() is the same math a row at a time for the CPU (row-major
+// tiles only: cs == 1).
 template <typename acc_t>
 struct GradTileBody {
   struct Params {
@@ -394,7 +412,7 @@ struct GradTileBody {
     const int64_t j = e % p.t.cols;
     const int64_t col = p.t.col0 + j;
     const RowPlace place = row_place(r, p.t.N, p.t.key_offset, p.t.anchor_idx);
-    acc_t& s = p.t.s[r * p.t.ld + j];
+    acc_t& s = p.t.s[r * p.t.ld + j * p.t.cs];
     s = pair_grad(s, p.t.inv_tau, pair_log_weight(col, place, p.t.N, p.t.self_log_w, p.t.same_log_w), p.lse[r],
                   p.row_scale ? p.row_scale[r] : p.scale,
                   pair_pos_term(col, place, p.t.N, p.pos_coef ? p.pos_coef + r * p.t.N : nullptr, p.scale));

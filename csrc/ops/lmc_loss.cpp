@@ -56,9 +56,11 @@ void check_lmc_loss_args(const at::Tensor& z, const at::Tensor& anchor_idx, cons
   if (!check_anchor_values) {
     return;
   }
+  // One device -> host read for both bounds (on CUDA each .item() would be a sync of its own).
   const auto [lo, hi] = at::aminmax(anchor_idx);
-  const int64_t min_idx = lo.item<int64_t>();
-  const int64_t max_idx = hi.item<int64_t>();
+  const at::Tensor bounds = at::stack({lo, hi}).cpu();
+  const int64_t min_idx = bounds.data_ptr<int64_t>()[0];
+  const int64_t max_idx = bounds.data_ptr<int64_t>()[1];
   TORCH_CHECK_VALUE(min_idx >= 0 && max_idx < N, "lmc_loss: anchor_idx must be in [0, N) = [0, ", N,
                     "), got values in [", min_idx, ", ", max_idx, "]");
 }

@@ -115,6 +115,7 @@ TileParams<acc_t> tile_params(at::Tensor& s, int64_t col0, int64_t N, const LmcO
                            s.size(0),
                            s.size(1),
                            s.stride(0),
+                           s.stride(1),
                            col0,
                            N,
                            o.key_offset,
@@ -127,6 +128,21 @@ TileParams<acc_t> tile_params(at::Tensor& s, int64_t col0, int64_t N, const LmcO
 // A contiguous [rows, cols] view at the start of a flat buffer (the last chunk is narrower).
 inline at::Tensor tile_view(at::Tensor& buffer, int64_t rows, int64_t cols) {
   return buffer.narrow(0, 0, rows * cols).view({rows, cols});
+}
+
+// The forward's similarity tile S = Q K^T [rows, keys] in `buffer`. Passes whose forward row pass
+// wants column-major tiles (GridPasses: one GPU thread per row, so a warp then reads neighbouring
+// elements) get S^T computed row-major and returned transposed; the CPU's row loops want row-major.
+template <typename Passes>
+at::Tensor similarity_tile(at::Tensor& buffer, const at::Tensor& q, const at::Tensor& k) {
+  if constexpr (Passes::kColumnMajorTiles) {
+    at::Tensor st = tile_view(buffer, k.size(0), q.size(0));
+    at::mm_out(st, k, q.t());
+    return st.t();
+  }
+  at::Tensor s = tile_view(buffer, q.size(0), k.size(0));
+  at::mm_out(s, q, k.t());
+  return s;
 }
 
 // Returns (loss, cluster_lse [B], cluster_logits [B, N], manifold_lse [B*N]).
@@ -156,14 +172,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lmc_loss_forward_tile
   const int64_t* anchor_ptr = anchor_idx.data_ptr<int64_t>();
   for (int64_t c0 = 0; c0 < Mk; c0 += T) {
     const int64_t tc = std::min(T, Mk - c0);
-    at::Tensor s = tile_view(man_buf, Mq, tc);
-    at::mm_out(s, n.q, n.kt.narrow(0, c0, tc).t());
+    at::Tensor s = similarity_tile<Passes>(man_buf, n.q, n.kt.narrow(0, c0, tc));
     passes.template for_each<LseTileBody<acc_t>>(
         {tile_params<acc_t>(s, c0, N, o, nullptr), man_max.data_ptr<acc_t>(), man_sum.data_ptr<acc_t>(),
          man_same.data_ptr<acc_t>()},
         Mq, 8 * tc);
-    at::Tensor sc = tile_view(clu_buf, B, tc);
-    at::mm_out(sc, n.anchors, n.kz.narrow(0, c0, tc).t());
+    at::Tensor sc = similarity_tile<Passes>(clu_buf, n.anchors, n.kz.narrow(0, c0, tc));
     passes.template for_each<LseTileBody<acc_t>>(
         {tile_params<acc_t>(sc, c0, N, o, anchor_ptr), clu_max.data_ptr<acc_t>(), clu_sum.data_ptr<acc_t>(),
          clu_same.data_ptr<acc_t>()},

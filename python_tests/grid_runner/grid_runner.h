@@ -16,4 +16,12 @@ void run_grid_on_host(const typename Body::Params& params, LaunchConfig config) 
   }
 }
 
+// run_grid_on_host as a function object: the stand-in for CudaGridLauncher (csrc/cuda/launch.cuh).
+struct HostGridLauncher {
+  template <typename Body>
+  void operator()(Body, const typename Body::Params& params, LaunchConfig config) const {
+    run_grid_on_host<Body>(params, config);
+  }
+};
+
 }  // namespace lmcl

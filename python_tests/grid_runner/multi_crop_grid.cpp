@@ -1,6 +1,6 @@
 // CPU stand-ins of the CUDA multi_crop launchers: the same host code (csrc/cuda/multi_crop_launch.h:
 // box read-back, Params, launch configuration; the argument checks live in the library, not linked
-// here, so tests pass valid metadata) with run_grid_on_host in place of launch_grid.
+// here, so tests pass valid metadata) with HostGridLauncher in place of CudaGridLauncher.
 // `threads` and `max_blocks` let tests shrink the grid so the grid-stride loop wraps.
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -10,24 +10,17 @@
 
 namespace {
 
-struct HostLauncher {
-  template <typename Body>
-  void operator()(Body, const typename Body::Params& params, lmcl::LaunchConfig config) const {
-    lmcl::run_grid_on_host<Body>(params, config);
-  }
-};
-
 at::Tensor multi_crop_grid(const at::Tensor& images, const at::Tensor& boxes, at::IntArrayRef size,
                            std::optional<at::ArrayRef<double>> mean, std::optional<at::ArrayRef<double>> std,
                            const std::optional<at::Tensor>& flip, at::ScalarType out_dtype, int64_t threads,
                            int64_t max_blocks) {
-  return lmcl::multi_crop_grid(images, boxes, size, mean, std, flip, out_dtype, HostLauncher{}, threads, max_blocks);
+  return lmcl::multi_crop_grid(images, boxes, size, mean, std, flip, out_dtype, lmcl::HostGridLauncher{}, threads, max_blocks);
 }
 
 at::Tensor multi_crop_backward_grid(const at::Tensor& grad, const at::Tensor& boxes,
                                     std::optional<at::ArrayRef<double>> std, const std::optional<at::Tensor>& flip,
                                     int64_t height, int64_t width, int64_t threads, int64_t max_blocks) {
-  return lmcl::multi_crop_backward_grid(grad, boxes, std, flip, height, width, HostLauncher{}, threads, max_blocks);
+  return lmcl::multi_crop_backward_grid(grad, boxes, std, flip, height, width, lmcl::HostGridLauncher{}, threads, max_blocks);
 }
 
 // The forward Body with the box check skipped (uint8 NHWC, C = 3, float32 output): shows that the
