@@ -42,6 +42,13 @@ def _sources(pattern: str) -> list:
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
+def nvcc_flags(debug: bool) -> list:
+    """Our nvcc options for csrc/cuda/*.cu; BuildExtension adds torch's COMMON_NVCC_FLAGS
+    (-D__CUDA_NO_HALF_OPERATORS__ etc.), -fPIC and the -gencode flags of TORCH_CUDA_ARCH_LIST.
+    nvcc has no -g0 (it rejects it): no debug information is its default."""
+    return (["-O0", "-g"] if debug else ["-O3"]) + ["-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+
+
 def make_extension():
     debug = os.environ.get("DEBUG", "0") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3", "-g0"]
@@ -57,11 +64,10 @@ def make_extension():
         extra_link_args=["-fopenmp"],
     )
     if with_cuda:
-        nvcc = opt + ["-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
         return CUDAExtension(
             sources=sources + _sources("csrc/cuda/*.cu"),
             define_macros=[("LMCL_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc_flags(debug)},
             **kwargs,
         )
     return CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **kwargs)

@@ -32,26 +32,55 @@ def _nvcc():
 CU_FILES = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
 
 
-@pytest.mark.skipif(_nvcc() is None, reason="nvcc not found")
-@pytest.mark.parametrize("cu_file", CU_FILES, ids=[os.path.basename(f) for f in CU_FILES])
-def test_cu_file_compiles_for_sm90(cu_file, tmp_path):
-    """Compile-only check: catches host-only calls in kernels/ headers and CUDA syntax errors on
-    machines with no GPU. Uses torch's include paths, as the real CUDA build does."""
-    from torch.utils.cpp_extension import include_paths
+def _setup_py_nvcc_flags(debug=False):
+    """setup.py's own nvcc options (setup.py run with setuptools.setup stubbed out)."""
+    import runpy
+    from unittest import mock
+
+    import setuptools
+
+    with mock.patch.object(setuptools, "setup", lambda **kwargs: None):
+        namespace = runpy.run_path(os.path.join(ROOT, "setup.py"))
+    return namespace["nvcc_flags"](debug)
+
+
+def _nvcc_command(source, output, debug=False):
+    """The nvcc command BuildExtension would run for `source` in a CUDA build of setup.py: torch's
+    COMMON_NVCC_FLAGS (-D__CUDA_NO_HALF_OPERATORS__ etc.), -fPIC, setup.py's flags, LMCL_WITH_CUDA and
+    the extension defines, torch's include paths; sm_90 as TORCH_CUDA_ARCH_LIST's default 9.0."""
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS, include_paths
 
     includes = [f"-I{p}" for p in include_paths()] + [
         f"-I{os.path.join(ROOT, 'csrc')}",
         f"-I{sysconfig.get_paths()['include']}",
     ]
     cmd = [
-        _nvcc(), "-c", cu_file, "-o", str(tmp_path / "out.o"), "-arch=sm_90", "-std=c++17",
-        "--expt-relaxed-constexpr", "-DLMCL_WITH_CUDA=1", "-D__CUDA_NO_HALF_OPERATORS__",
-        "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
-        "-D__CUDA_NO_HALF2_OPERATORS__", "-w", *includes,
+        _nvcc(), "-c", str(source), "-o", str(output), *COMMON_NVCC_FLAGS, "-Xcompiler", "-fPIC",
+        *_setup_py_nvcc_flags(debug), "-arch=sm_90", "-DLMCL_WITH_CUDA=1", "-DTORCH_API_INCLUDE_EXTENSION_H",
+        "-DTORCH_EXTENSION_NAME=_C", "-w", *includes,
     ]
     # A CPU build of torch ships the c10/cuda headers but not the header its CMake generates for
     # them; it only holds Windows export macros, so skip it there.
     if not any(os.path.exists(os.path.join(p, "c10", "cuda", "impl", "cuda_cmake_macros.h")) for p in include_paths()):
         cmd.append("-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE")
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    return cmd
+
+
+@pytest.mark.skipif(_nvcc() is None, reason="nvcc not found")
+@pytest.mark.parametrize("debug", [False, True], ids=["release", "debug"])
+def test_setup_py_nvcc_flags_are_accepted(debug, tmp_path):
+    """nvcc rejects options gcc takes (it once got -g0): setup.py's flags, both modes, on a tiny kernel."""
+    source = tmp_path / "tiny.cu"
+    source.write_text("__global__ void tiny(float* x) { x[threadIdx.x] += 1.0f; }\n")
+    result = subprocess.run(_nvcc_command(source, tmp_path / "tiny.o", debug), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+@pytest.mark.skipif(_nvcc() is None, reason="nvcc not found")
+@pytest.mark.parametrize("cu_file", CU_FILES, ids=[os.path.basename(f) for f in CU_FILES])
+def test_cu_file_compiles_for_sm90(cu_file, tmp_path):
+    """Compile-only check, with the flags a CUDA build of setup.py passes: catches host-only calls in
+    kernels/ headers, half/bf16 conversions that need the operators torch's flags switch off, and CUDA
+    syntax errors on machines with no GPU."""
+    result = subprocess.run(_nvcc_command(cu_file, tmp_path / "out.o"), capture_output=True, text=True)
     assert result.returncode == 0, f"nvcc failed on {os.path.basename(cu_file)}:\n{result.stderr[-4000:]}"
