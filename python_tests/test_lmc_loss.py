@@ -361,6 +361,28 @@ def test_grid_runner_with_key_offset(grid_runner):
         torch.testing.assert_close(x, y, rtol=0, atol=0)  # same float32 math, rounded once to bf16
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16], ids=str)
+def test_grid_runner_other_dtypes(grid_runner, dtype):
+    # The float64 bodies (gradcheck's path) and the fp16 loads/stores, several key tiles, wrapping grid.
+    case = _case(4, 3, 6, tau=0.08, intra_weight=0.3, strided=True, dtype=dtype)
+    args = (case["z"], case["anchor_idx"], case["z"], case["teacher"], 0, 0.08, 0.3, 0.7)
+    cpu = torch.ops.lmcl.lmc_loss(*args)
+    grid = grid_runner.lmc_loss(*args, 5, 4, 3)
+    tol = TOLERANCES[("lmc_loss", torch.float32)]
+    for x, y in zip(grid, cpu):
+        assert x.dtype == y.dtype
+        torch.testing.assert_close(x, y, **tol)
+    grad = torch.tensor(1.5, dtype=cpu[0].dtype)
+    cpu_b = torch.ops.lmcl._lmc_loss_backward(grad, *args[:4], *cpu[1:], *args[4:], True, True, True)
+    grid_b = grid_runner.lmc_loss_backward(grad, *args[:4], *cpu[1:], *args[4:], 5, 4, 3)
+    for x, y in zip(grid_b, cpu_b):
+        assert x.dtype == y.dtype == dtype
+        if dtype == torch.float64:
+            assert_grad_close(x, y)
+        else:  # the same float32 math, rounded once to fp16 (as for bf16 in test_grid_runner_with_key_offset)
+            torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("rows, cols", [(0, 5), (6, 0), (6, 5)])
 def test_grid_runner_grad_tile_body(grid_runner, rows, cols):
     # The per-element backward body on its own: g = w exp(s / tau - lse) scale - [positive] scale, with

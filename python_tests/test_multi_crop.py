@@ -316,13 +316,22 @@ def test_grid_runner_matches_cpu(grid_runner, kind, C, threads, max_blocks):
         assert torch.equal(got, expected)
 
 
-@pytest.mark.parametrize("threads,max_blocks", [(256, 4096), (32, 3)])
-def test_grid_runner_backward_matches_cpu(grid_runner, threads, max_blocks):
+@pytest.mark.parametrize("threads,max_blocks", [(256, 4096), (32, 3), (7, 1)])
+@pytest.mark.parametrize("grad_dtype", OUT_DTYPES, ids=str)
+def test_grid_runner_backward_matches_cpu(grid_runner, threads, max_blocks, grad_dtype):
+    # Every backward Body the CUDA file dispatches (one per output-gradient dtype), grid wrapping.
     _, boxes, size, mean, std, flips = sample_inputs("cpu", "float32", 3, size=(5, 7))
-    grad = torch.randn((2, 6, 3, 5, 7))
+    grad = torch.randn((2, 6, 3, 5, 7)).to(grad_dtype)
     expected = torch.ops.lmcl._multi_crop_backward.default(grad, boxes, list(std), flips, 13, 17)
     got = grid_runner.multi_crop_backward(grad, boxes, list(std), flips, 13, 17, threads, max_blocks)
+    assert got.dtype == expected.dtype == torch.float32 and got.shape == expected.shape
     torch.testing.assert_close(got, expected, **TOLERANCES[("multi_crop backward", torch.float32)])
+
+
+def test_grid_runner_backward_empty(grid_runner):
+    no_boxes = torch.zeros((2, 0, 4), dtype=torch.int64)
+    got = grid_runner.multi_crop_backward(torch.zeros((2, 0, 3, 5, 7)), no_boxes, None, None, 13, 17, 32, 2)
+    assert torch.equal(got, torch.zeros(2, 3, 13, 17))
 
 
 def test_grid_runner_empty_and_bad_boxes(grid_runner):
