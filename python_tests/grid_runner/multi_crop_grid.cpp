@@ -14,13 +14,15 @@ at::Tensor multi_crop_grid(const at::Tensor& images, const at::Tensor& boxes, at
                            std::optional<at::ArrayRef<double>> mean, std::optional<at::ArrayRef<double>> std,
                            const std::optional<at::Tensor>& flip, at::ScalarType out_dtype, int64_t threads,
                            int64_t max_blocks) {
-  return lmcl::multi_crop_grid(images, boxes, size, mean, std, flip, out_dtype, lmcl::HostGridLauncher{}, threads, max_blocks);
+  return lmcl::multi_crop_grid(images, boxes, size, mean, std, flip, out_dtype, lmcl::HostGridLauncher{}, threads,
+                               max_blocks);
 }
 
 at::Tensor multi_crop_backward_grid(const at::Tensor& grad, const at::Tensor& boxes,
                                     std::optional<at::ArrayRef<double>> std, const std::optional<at::Tensor>& flip,
                                     int64_t height, int64_t width, int64_t threads, int64_t max_blocks) {
-  return lmcl::multi_crop_backward_grid(grad, boxes, std, flip, height, width, lmcl::HostGridLauncher{}, threads, max_blocks);
+  return lmcl::multi_crop_backward_grid(grad, boxes, std, flip, height, width, lmcl::HostGridLauncher{}, threads,
+                                        max_blocks);
 }
 
 // The forward Body with the box check skipped (uint8 NHWC, C = 3, float32 output): shows that the
