@@ -577,11 +577,11 @@ torch.library.register_autograd(
 
 
 def _lmc_gather_keys(x: torch.Tensor, group) -> torch.Tensor:
-    # Differentiable all-gather: its backward sums every rank's gradient of the gathered keys and
-    # hands each rank the slice of its own rows.
-    from torch.distributed.nn.functional import all_gather
+    # Differentiable all-gather along dim 0 (functional collective, traceable by torch.compile): its backward
+    # is a sum-reduce-scatter, so each rank gets the sum of every rank's gradient for its own rows.
+    from torch.distributed._functional_collectives import all_gather_single
 
-    return torch.cat(all_gather(x.contiguous(), group=group), dim=0)
+    return all_gather_single(x.contiguous(), 0, group)
 
 
 def lmc_loss(z, anchor_idx, teacher=None, tau=0.1, intra_weight=0.5, manifold_weight=1.0, group=None):
