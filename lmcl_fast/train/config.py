@@ -30,7 +30,7 @@ class TrainConfig:
     split_seed: int = _f(0, "seed of the random splits")
     train_frac: float = _f(0.8, "fraction of reference contents in the training part of each split")
     num_workers: int = _f(2, "data loader worker processes")
-    decoder: str = _f("auto", "image decoder (auto, pil, dali)", ("auto", "pil", "dali"))
+    decoder: str = _f("auto", "image decoder (auto: DALI on CUDA when installed, else Pillow)", ("auto", "pillow", "dali"))
     # model
     arch: str = _f("resnet18", "backbone", ("tiny", "resnet18", "resnet50"))
     weights: str = _f("", "torchvision-format ResNet state_dict file to initialise the backbone(s)")
