@@ -11,7 +11,7 @@ from .train.config import TrainConfig
 # TrainConfig default. Tuned to finish in well under 10 minutes on a 2-core CPU.
 DEMO_CONFIG = dict(arch="tiny", crop_size=64, n_crops=4, batch_size=16, epochs=8, lr=2e-3, splits=1,
                    num_workers=2, device="cpu", log_every=20, eval_grid=3)
-DEMO_SYNTHETIC = dict(levels=5, seed=0, size=None)
+DEMO_SYNTHETIC = dict(levels=5, seed=0, size=256)
 
 
 def find_photos(photos: str | None) -> str:

@@ -121,19 +121,22 @@ def write_result(out_dir: str, result: dict, title: str) -> None:
     scatter_plot(result["pred"], result["mos"], os.path.join(out_dir, "scatter.png"), title)
 
 
-def summarize_results(out_dir: str, results: list, title: str) -> dict:
-    """Median and spread over the splits: metrics.json, a pooled scatter.png and the table (returned as
-    'table' for printing)."""
+def summarize_results(out_dir: str, results: list, title: str, write: bool = True) -> dict:
+    """Median and spread over the splits, with the table (as 'table', for printing); with `write`, also
+    out_dir/metrics.json and a scatter.png of the test predictions of all splits."""
     per_split = [r["metrics"] for r in results]
     summary = summarize(per_split)
     skipped = sorted({n for r in results for n in r["skipped"]})
+    table = format_table(summary)
+    if not write:
+        return {"summary": summary, "splits": per_split, "skipped": skipped, "table": table}
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "metrics.json"), "w") as fh:
         json.dump({"splits": per_split, "summary": summary, "skipped": skipped}, fh, indent=2)
     pred = np.concatenate([r["pred"] for r in results])
     mos = np.concatenate([r["mos"] for r in results])
     scatter_plot(pred, mos, os.path.join(out_dir, "scatter.png"), f"{title} ({len(results)} split(s), test images)")
-    return {"summary": summary, "splits": per_split, "skipped": skipped, "table": format_table(summary)}
+    return {"summary": summary, "splits": per_split, "skipped": skipped, "table": table}
 
 
 def evaluate_checkpoint(path: str, device: str = "auto", root: str | None = None, csv_path: str | None = None,

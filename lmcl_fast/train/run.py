@@ -27,16 +27,18 @@ def train_splits(cfg: TrainConfig, resume: bool = False, max_epochs: int | None 
     dist = dist or DistContext()
     dataset = IQADataset(cfg.root, cfg.csv, lower_is_better=cfg.lower_is_better)
     splits = random_splits(dataset.group_keys(), k=cfg.splits, train_frac=cfg.train_frac, seed=cfg.split_seed)
+    ckpts = [os.path.join(cfg.out_dir, f"split_{i:02d}", "last.pt") for i in range(len(splits))]
+    for ckpt in ckpts:
+        # Refuse before writing anything: resuming needs the same model, and a fresh run must not
+        # silently overwrite another model's checkpoints.
+        if os.path.exists(ckpt):
+            check_compatible(cfg, ckpt_io.load(ckpt)["config"], f"existing checkpoint {ckpt}")
     if dist.is_main:
         os.makedirs(cfg.out_dir, exist_ok=True)
         cfg.to_json(os.path.join(cfg.out_dir, "config.json"))
     results, budget = [], max_epochs
-    for i, (train_idx, test_idx) in enumerate(splits):
-        run_dir = os.path.join(cfg.out_dir, f"split_{i:02d}")
-        ckpt = os.path.join(run_dir, "last.pt")
-        if not resume and os.path.exists(ckpt):
-            # Refuse before clobbering: an unrelated run with another model must not be overwritten silently.
-            check_compatible(cfg, ckpt_io.load(ckpt)["config"], f"existing checkpoint {ckpt}")
+    for i, ((train_idx, test_idx), ckpt) in enumerate(zip(splits, ckpts)):
+        run_dir = os.path.dirname(ckpt)
         trainer = Trainer(cfg, dataset, train_idx, test_idx, run_dir, split_index=i, dist=dist,
                           resume=ckpt if resume and os.path.exists(ckpt) else None, progress=progress)
         ran = trainer.fit(budget)
@@ -53,7 +55,8 @@ def train_splits(cfg: TrainConfig, resume: bool = False, max_epochs: int | None 
             m = result["metrics"]
             _log(f"split {i}: SRCC {m['srcc']:.4f}  PLCC {m['plcc']:.4f}  ({m['n']} test images)")
         results.append(result)
-    summary = summarize_results(cfg.out_dir, results, os.path.basename(os.path.normpath(cfg.out_dir)))
+    summary = summarize_results(cfg.out_dir, results, os.path.basename(os.path.normpath(cfg.out_dir)),
+                                write=dist.is_main)
     if summary["skipped"]:
         _log(f"train: skipped {len(summary['skipped'])} unreadable image(s): {', '.join(summary['skipped'])}")
     return summary
