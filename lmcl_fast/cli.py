@@ -33,12 +33,14 @@ def _train_config(args):
 
 
 def _cmd_train(args) -> int:
+    from .train.dist import DistContext
     from .train.run import train_splits
 
     cfg = _train_config(args)
     if not cfg.root or not cfg.csv:
         raise SystemExit("lmcl train: --root and --csv are required (or --config FILE / --resume)")
-    summary = train_splits(cfg, resume=args.resume, max_epochs=args.stop_after, progress=not args.no_progress)
+    summary = train_splits(cfg, resume=args.resume, max_epochs=args.stop_after, dist=DistContext.from_env(),
+                           progress=not args.no_progress)
     if summary is not None:
         print(summary["table"])
         print(f"results: {os.path.join(cfg.out_dir, 'metrics.json')}")

@@ -143,3 +143,23 @@ def test_python_dash_m_entry_point():
     assert res.returncode == 0, res.stderr
     for cmd in ("make-synthetic", "train", "eval", "predict", "bench", "demo"):
         assert cmd in res.stdout
+
+
+def test_readme_config_table_matches_the_defaults():
+    import dataclasses
+
+    from lmcl_fast.train.config import TrainConfig
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "README.md")) as fh:
+        text = fh.read()
+    table = text.split("<!-- config-table:begin -->")[1].split("<!-- config-table:end -->")[0]
+    rows = {}
+    for line in table.strip().splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0].strip("`")] = cells[1].strip("`")
+    expected = {}
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        expected["--" + f.name.replace("_", "-")] = str(default)
+    assert rows == expected

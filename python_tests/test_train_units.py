@@ -184,3 +184,21 @@ def test_rng_state_round_trip():
     ckpt_io.set_rng_state(state)
     b = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+# ------------------------------------------------------------------------------------------ distributed
+def test_dist_context_from_env(monkeypatch):
+    from lmcl_fast.train.dist import DistContext, resolve_device
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    ctx = DistContext.from_env()
+    assert (ctx.rank, ctx.world_size, ctx.is_main, ctx.group) == (0, 1, True, None)
+    assert not DistContext(rank=1, world_size=2).is_main
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(RuntimeError, match="process group"):
+        DistContext.from_env()
+    assert resolve_device("cpu", ctx) == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="cuda"):
+            resolve_device("cuda", ctx)

@@ -9,9 +9,8 @@ import os
 
 import numpy as np
 import torch
-from PIL import Image
 
-from ..data import IQADataset, make_loader
+from ..data import IQADataset, decode_image, make_loader
 from ..models import build_model
 from ..train import checkpoint as ckpt_io
 from ..train.amp import amp_dtype, autocast
@@ -85,13 +84,12 @@ class Predictor:
         results = []
         for path in paths:
             try:
-                with Image.open(path) as im:
-                    arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+                image = decode_image(path)  # the dataset's decoder: same RGB conversion, EXIF orientation
             except (OSError, ValueError) as exc:
                 results.append((path, None, f"{type(exc).__name__}: {exc}"))
                 continue
-            img = torch.from_numpy(arr.copy())[None]
-            h, w = torch.tensor([arr.shape[0]]), torch.tensor([arr.shape[1]])
+            img = image[None]
+            h, w = torch.tensor([image.shape[0]]), torch.tensor([image.shape[1]])
             results.append((path, float(self.predict_batch(img, h, w)[0]), None))
         return results
 

@@ -24,11 +24,16 @@ class DistContext:
 
     @classmethod
     def from_env(cls) -> "DistContext":
+        """The launch's position from torchrun's variables; a multi-process launch needs an initialised
+        default process group (its handle goes to lmc_loss)."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        group = None
-        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            group = torch.distributed.group.WORLD
-        return cls(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")), group)
+        if world == 1:
+            return cls()
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            raise RuntimeError(f"distributed launch (WORLD_SIZE={world}) but no torch.distributed process group "
+                               f"is initialised: call torch.distributed.init_process_group first")
+        return cls(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")),
+                   torch.distributed.group.WORLD)
 
 
 def resolve_device(name: str, dist: DistContext) -> torch.device:
