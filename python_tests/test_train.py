@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import TOLERANCES
+from lmcl_testing import TOLERANCES
 from lmcl_fast.data import make_synthetic
 from lmcl_fast.train import ConfigMismatchError, NonFiniteLossError, TrainConfig, Trainer
 from lmcl_fast.train import checkpoint as ckpt_io

@@ -1,0 +1,152 @@
+"""IQA datasets: an image root plus a labels CSV (`name,mos[,std][,ref]`, the pyiqa layout)."""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+log = logging.getLogger("lmcl_fast.data")
+
+# Accepted header spellings (case-insensitive), first match wins. pyiqa and most IQA repos use one of these.
+_NAME_COLUMNS = ("name", "image_name", "dist_name", "filename", "image")
+_MOS_COLUMNS = ("mos", "dmos", "score", "mos_zscore")
+_STD_COLUMNS = ("std", "mos_std")
+_REF_COLUMNS = ("ref", "ref_name")
+
+
+@dataclass(frozen=True)
+class SkippedItem:
+    """What `IQADataset.__getitem__` returns for an unreadable or corrupt image (instead of bare None), so the
+    batch can still report the file by name. It is falsy, so `if not item:` treats it like None."""
+
+    name: str
+    index: int
+    reason: str
+
+    def __bool__(self) -> bool:
+        return False
+
+
+def _pick(header: list, candidates: tuple, csv_path: str, required: bool):
+    lowered = [h.strip().lower() for h in header]
+    for c in candidates:
+        if c in lowered:
+            return lowered.index(c)
+    if required:
+        raise ValueError(
+            f"IQADataset: csv_path {csv_path!r} needs a header with one of the columns {list(candidates)}, "
+            f"got {header}"
+        )
+    return None
+
+
+def decode_image(path: str) -> torch.Tensor:
+    """Decode one file with Pillow into uint8 [H, W, 3] (EXIF orientation applied, grey/palette/alpha images
+    converted to RGB, as DALI's decoder with output_type=RGB does). Raises OSError on unreadable data."""
+    with Image.open(path) as im:
+        im.load()  # full decode here, so truncated data raises (ImageFile.LOAD_TRUNCATED_IMAGES stays False)
+        im = ImageOps.exif_transpose(im)
+        rgb = np.asarray(im.convert("RGB"))
+    return torch.from_numpy(rgb.copy())
+
+
+class IQADataset(torch.utils.data.Dataset):
+    """Images under `root` listed in a CSV with a header row: `name,mos[,std][,ref]`.
+
+    - `name`: path relative to `root`; `mos`: the score; `std`: optional spread of the score; `ref`: optional
+      reference (pristine content) id used by `group_keys()` for content-aware splits.
+    - `.mos` is float64 and oriented larger-is-better: with `lower_is_better=True` (DMOS-style labels) the
+      values are negated.
+    - `ds[i]` is `dict(image=uint8 [H, W, 3], mos=float, index=i, name=str)`, or a `SkippedItem(name, index,
+      reason)` (falsy) when the file is missing, unreadable or corrupt; a warning names the file.
+    - `index` is the position in this dataset (a `subset` view numbers its own items 0..len-1).
+    """
+
+    def __init__(self, root, csv_path, lower_is_better: bool = False):
+        names, mos, std, refs = self._read_csv(str(csv_path))
+        self._init(str(root), str(csv_path), bool(lower_is_better), names,
+                   -mos if lower_is_better else mos, std, refs)
+
+    def _init(self, root, csv_path, lower_is_better, names, mos, std, refs):
+        self.root = root
+        self.csv_path = csv_path
+        self.lower_is_better = lower_is_better
+        self.names = names
+        self.mos = mos
+        self.std = std
+        self._refs = refs
+
+    @staticmethod
+    def _read_csv(csv_path: str):
+        if not os.path.isfile(csv_path):
+            raise FileNotFoundError(f"IQADataset: csv_path {csv_path!r} does not exist")
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+        if not rows:
+            raise ValueError(f"IQADataset: csv_path {csv_path!r} is empty (a header row name,mos[,std] is required)")
+        header, body = rows[0], rows[1:]
+        i_name = _pick(header, _NAME_COLUMNS, csv_path, required=True)
+        i_mos = _pick(header, _MOS_COLUMNS, csv_path, required=True)
+        i_std = _pick(header, _STD_COLUMNS, csv_path, required=False)
+        i_ref = _pick(header, _REF_COLUMNS, csv_path, required=False)
+        names, mos, std, refs = [], [], [], []
+        for line, row in enumerate(body, start=2):
+            try:
+                name = row[i_name].strip()
+                value = float(row[i_mos])
+                s = float(row[i_std]) if i_std is not None else math.nan
+                ref = row[i_ref].strip() if i_ref is not None else name
+            except (IndexError, ValueError) as e:
+                raise ValueError(f"IQADataset: csv_path {csv_path!r} line {line} must be name,mos[,std] "
+                                 f"with numeric mos, got {row} ({e})") from None
+            if not name or not math.isfinite(value):
+                raise ValueError(f"IQADataset: csv_path {csv_path!r} line {line} needs a name and a finite mos, "
+                                 f"got {row}")
+            names.append(name)
+            mos.append(value)
+            std.append(s)
+            refs.append(ref)
+        if not names:
+            raise ValueError(f"IQADataset: csv_path {csv_path!r} has a header but no rows")
+        return (names, np.asarray(mos, dtype=np.float64),
+                np.asarray(std, dtype=np.float64) if i_std is not None else None, refs)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def path(self, i: int) -> str:
+        return os.path.join(self.root, self.names[i])
+
+    def __getitem__(self, i: int):
+        i = int(i)
+        name = self.names[i]
+        try:
+            image = decode_image(self.path(i))
+        except Exception as e:  # noqa: BLE001  (any failure of one file skips it: never a crash mid-epoch)
+            log.warning("skipping unreadable image %s: %s", name, e)
+            return SkippedItem(name=name, index=i, reason=str(e))
+        return dict(image=image, mos=float(self.mos[i]), index=i, name=name)
+
+    def subset(self, indices) -> "IQADataset":
+        """A view on the rows `indices` (any int sequence, numpy or torch), in that order."""
+        idx = np.asarray(torch.as_tensor(indices, dtype=torch.int64).reshape(-1).numpy())
+        if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise IndexError(f"IQADataset.subset: indices must lie in [0, {len(self)}), "
+                             f"got min {idx.min()} max {idx.max()}")
+        view = IQADataset.__new__(IQADataset)
+        view._init(self.root, self.csv_path, self.lower_is_better, [self.names[j] for j in idx], self.mos[idx],
+                   None if self.std is None else self.std[idx], [self._refs[j] for j in idx])
+        return view
+
+    def group_keys(self) -> list:
+        """Reference (content) id of every row: the CSV's `ref` column, else the name itself."""
+        return list(self._refs)
+
+    def __repr__(self) -> str:
+        return f"IQADataset(root={self.root!r}, csv_path={self.csv_path!r}, n={len(self)})"

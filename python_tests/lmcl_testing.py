@@ -1,0 +1,49 @@
+"""Constants and helpers shared by the test files: `from lmcl_testing import TOLERANCES, ulp`.
+
+They live here, not in conftest.py, because python_tests/ and bench/ both have a conftest.py and pytest
+imports both as the module `conftest` when it collects the two folders together (CI does).
+"""
+import os
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# shared/ sits beside the repository root (CI's layout); LMCL_PHOTOS overrides it (e.g. in a git worktree).
+PHOTOS = os.environ.get("LMCL_PHOTOS") or os.path.abspath(os.path.join(ROOT, "..", "shared", "data", "photos"))
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+# Every tolerance used by a test comes from here, with the reason (STYLE.md §3, SPEC.md).
+TOLERANCES = {
+    # SPEC §1.1: float32 output within 1e-5 absolute of the float64 reference before normalisation.
+    ("multi_crop", torch.float32): dict(atol=1e-5, rtol=0.0),
+    # SPEC §1.3: relative 1e-4 against the float64 mean.
+    ("crop_saliency", torch.float32): dict(rtol=1e-4, atol=0.0),
+    # STYLE §3: lmc_loss value and grads in float32 against a float64 reference.
+    ("lmc_loss", torch.float32): dict(rtol=1e-5, atol=1e-6),
+    # DALI-CPU JPEG decode vs Pillow, uint8 pixels: measured max |difference| = 0 on the 2-core x86_64 sandbox
+    # (quality 5..95, 4:4:4 / 4:2:2 / 4:2:0, RGB and grey; both decode with libjpeg-turbo, islow IDCT, fancy
+    # upsampling). PNG/TIFF are lossless and must match exactly anyway.
+    ("dali_decode_jpeg_cpu", torch.uint8): dict(atol=0, rtol=0),
+    # Trainer: N epochs in one go vs N/2 + resume + N/2 on CPU replay the same computation (same crops,
+    # order, RNG and optimizer state; CPU kernels deterministic at a fixed thread count): losses and
+    # weights agree to float32 rounding (measured bit-equal on the 2-core sandbox).
+    ("resume", torch.float32): dict(rtol=1e-6, atol=1e-7),
+}
+
+# SPEC §1.1: fp16/bf16 multi_crop output may differ from the rounded reference by this many ulps.
+MULTI_CROP_LOWP_ULPS = 1
+# STYLE §3 (flash-attention rule): with fp16/bf16 inputs, lmc_loss's error against the float64
+# reference may be at most this factor times the error of the eager reference run in that dtype.
+LOWP_ERROR_FACTOR = 2.0
+
+
+def ulp(x: torch.Tensor) -> torch.Tensor:
+    """Spacing of the floating grid of x's dtype at |x| (the larger one at a power of two).
+
+    SPEC §1.1 allows fp16/bf16 output to differ from the rounded reference by one such unit.
+    """
+    finfo = torch.finfo(x.dtype)
+    a = x.abs().to(torch.float64)
+    exponent = torch.floor(torch.log2(a.clamp_min(finfo.smallest_normal)))
+    return torch.exp2(exponent - finfo.nmant).to(torch.float64)
