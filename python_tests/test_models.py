@@ -110,3 +110,21 @@ def test_heads_shapes():
     assert QualityHead(64, 16)(f).shape == (5,)
     assert isinstance(build_model("tiny"), IQANet)
     assert TinyCNN().feature_dim == 128
+
+
+def test_mscn_reference():
+    from lmcl_fast.models.tiny import _gaussian_kernel, mscn
+
+    x = torch.rand(2, 3, 20, 24, dtype=torch.float64)
+    k = _gaussian_kernel(dtype=torch.float64)
+    out = mscn(x, k)
+    # Direct float64 reference: windowed mean and deviation around one interior pixel.
+    g = x.mean(1)
+    i, j = 9, 11
+    win = g[:, i - 3:i + 4, j - 3:j + 4]
+    mu = (win * k[0, 0]).sum((1, 2))
+    sd = (((win - mu[:, None, None]) ** 2) * k[0, 0]).sum((1, 2)).sqrt()  # two-pass: no cancellation
+    torch.testing.assert_close(out[:, 0, i, j], (g[:, i, j] - mu) / (sd + 0.05))
+    # Invariant to a brightness shift; a flat image gives zeros.
+    torch.testing.assert_close(mscn(x + 0.3, k), out)
+    assert mscn(torch.full((1, 3, 8, 8), 0.7, dtype=torch.float64), k).abs().max() < 1e-6

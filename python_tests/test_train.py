@@ -15,6 +15,16 @@ from lmcl_fast.train import trainer as trainer_mod
 from lmcl_fast.train.run import train_splits
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The tiny CNN on 32-pixel crops is too small to split: on 2 cores OpenMP's fork/join costs more than
+    it saves (these tests ran 2x faster on one thread in the sandbox)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def synthetic(photos_dir, tmp_path_factory):
     """4 contents x (pristine + 5 types x 2 levels) = 44 images of 64 x 64: 3 contents train, 1 tests."""
