@@ -5,8 +5,7 @@ Python side of each op (fake kernels for torch.compile, autograd formulas).
 """
 import torch  # noqa: F401  (loads libtorch, which _C links against)
 
-from . import _C  # noqa: F401  (loads the library: runs the TORCH_LIBRARY registrations)
-from . import ops
+from . import _C, ops  # noqa: F401  (loading _C runs the TORCH_LIBRARY registrations ops builds on)
 from ._C import build_info
 
 __all__ = ["ops", "build_info"]

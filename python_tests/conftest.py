@@ -35,9 +35,14 @@ def grid_runner():
     sources = sorted(glob.glob(os.path.join(ROOT, "python_tests", "grid_runner", "*.cpp")))
     if not sources:
         pytest.skip("no grid-runner sources")
+    # Build inside this checkout: torch's default extension cache is shared by every checkout on the
+    # machine, so two checkouts with different grid-runner sources would load each other's library.
+    build_dir = os.path.join(ROOT, "build", "grid_runner")
+    os.makedirs(build_dir, exist_ok=True)
     load(
         name="lmcl_grid_runner",
         sources=sources,
+        build_directory=build_dir,
         extra_include_paths=[os.path.join(ROOT, "csrc"), os.path.join(ROOT, "python_tests", "grid_runner")],
         extra_cflags=["-O2", "-g0", "-std=c++17"],
         is_python_module=False,

@@ -4,8 +4,20 @@ import pytest
 import torch
 from scipy import stats
 
-from lmcl_fast.eval import (compute_metrics, fit_logistic4, format_table, krcc, logistic4, plcc, plcc_logistic,
-                            random_splits, rmse, scatter_plot, srcc, summarize)
+from lmcl_fast.eval import (
+    compute_metrics,
+    fit_logistic4,
+    format_table,
+    krcc,
+    logistic4,
+    plcc,
+    plcc_logistic,
+    random_splits,
+    rmse,
+    scatter_plot,
+    srcc,
+    summarize,
+)
 
 # Correlations of a closed form computed by hand (the exact values are rational numbers): float64 round-off only.
 EXACT = dict(rel=1e-12, abs=1e-12)

@@ -3,8 +3,10 @@
 // (python_tests/grid_runner), so the index mapping the GPU uses is the one those tests check.
 #pragma once
 
-#include <ATen/cuda/CUDAContext.h>
+// c10's stream header, not ATen/cuda/CUDAContext.h: the latter pulls in cuSPARSE/cuBLAS headers,
+// which a toolkit without those libraries (and the compile-only check in test_build.py) lacks.
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "kernels/common.h"
 
@@ -22,7 +24,7 @@ void launch_grid(const typename Body::Params& params, LaunchConfig config) {
     return;
   }
   grid_kernel<Body><<<static_cast<unsigned>(config.blocks), static_cast<unsigned>(config.threads), 0,
-                      at::cuda::getCurrentCUDAStream()>>>(params);
+                      c10::cuda::getCurrentCUDAStream()>>>(params);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

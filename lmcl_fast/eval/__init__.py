@@ -1,6 +1,18 @@
 """Evaluation: IQA metrics, content-aware random splits, summaries, tables and plots."""
-from .metrics import (compute_metrics, fit_logistic4, format_table, krcc, logistic4, plcc, plcc_logistic,
-                      random_splits, rmse, scatter_plot, srcc, summarize)
+from .metrics import (
+                      compute_metrics,
+                      fit_logistic4,
+                      format_table,
+                      krcc,
+                      logistic4,
+                      plcc,
+                      plcc_logistic,
+                      random_splits,
+                      rmse,
+                      scatter_plot,
+                      srcc,
+                      summarize,
+)
 
 __all__ = ["srcc", "plcc", "krcc", "rmse", "logistic4", "fit_logistic4", "plcc_logistic", "compute_metrics",
            "random_splits", "summarize", "format_table", "scatter_plot"]

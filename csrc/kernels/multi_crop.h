@@ -1,0 +1,244 @@
+// The math of lmcl::multi_crop (SPEC §1.1), once, for the CPU kernel, the CUDA kernel and the grid
+// runner: bilinear source taps (F.interpolate, align_corners=False, antialias=False), box clamping,
+// one output pixel (all channels) read through the image strides, and its adjoint for backward.
+#pragma once
+
+#include "kernels/common.h"
+
+#include <cstdint>
+
+namespace lmcl {
+
+// Compute type of the forward. float32 output: float math meets SPEC's 1e-5 with ~100x margin.
+// fp16/bf16 output: SPEC allows one ulp of the rounded reference, and where (v - mean) cancels to near
+// zero that ulp is far below float32's rounding of v (~6e-8 at v = 0.5), so the math runs in double.
+template <typename out_t>
+struct MultiCropAcc {
+  using type = double;
+};
+template <>
+struct MultiCropAcc<float> {
+  using type = float;
+};
+
+// Two source indices (relative to the crop) and their weights for one output index along one axis.
+template <typename acc_t>
+struct CropTap {
+  int64_t i0;
+  int64_t i1;
+  acc_t l0;
+  acc_t l1;
+};
+
+// ATen's upsample_bilinear2d rule (UpSample.h: area_pixel_compute_source_index, guard_index_and_lambda):
+//   src = max((dst + 0.5) * in / out - 0.5, 0); i0 = min(floor(src), in - 1); i1 = i0 + (i0 < in - 1);
+//   l1 = clamp(src - i0, 0, 1); l0 = 1 - l1; and the identity when in == out.
+// src = num / den with num = (2 dst + 1) in - out and den = 2 out is evaluated exactly in integers, so
+// only the final division rounds: at crop sizes of a few hundred pixels a float32 src would already be
+// off by ~3e-5 and break the 1e-5 bound against the float64 reference.
+template <typename acc_t>
+LMCL_HD inline CropTap<acc_t> crop_tap(int64_t dst, int64_t in_size, int64_t out_size) {
+  if (in_size == out_size) {
+    return CropTap<acc_t>{dst, dst, acc_t(1), acc_t(0)};
+  }
+  const int64_t num = (2 * dst + 1) * in_size - out_size;
+  const int64_t den = 2 * out_size;
+  if (num <= 0) {  // src clamped at 0
+    return CropTap<acc_t>{0, in_size > 1 ? 1 : 0, acc_t(1), acc_t(0)};
+  }
+  int64_t i0 = num / den;
+  acc_t l1 = static_cast<acc_t>(num - i0 * den) / static_cast<acc_t>(den);
+  if (i0 > in_size - 1) {  // unreachable for in, out >= 1 (src < in - 0.5); keeps reads in range
+    i0 = in_size - 1;
+    l1 = acc_t(1);
+  }
+  const int64_t i1 = i0 < in_size - 1 ? i0 + 1 : i0;
+  return CropTap<acc_t>{i0, i1, acc_t(1) - l1, l1};
+}
+
+struct CropBox {
+  int64_t top;
+  int64_t left;
+  int64_t height;
+  int64_t width;
+};
+
+// Box bn of an int64 [B*N, 4] table, clamped into the H x W image (H, W >= 1). Valid boxes pass
+// unchanged; the clamp only guarantees in-range reads should a box ever reach a kernel unchecked.
+LMCL_HD inline CropBox load_box(const int64_t* boxes, int64_t bn, int64_t H, int64_t W) {
+  const int64_t* r = boxes + 4 * bn;
+  const int64_t top = clamp_value<int64_t>(r[0], 0, H - 1);
+  const int64_t left = clamp_value<int64_t>(r[1], 0, W - 1);
+  return CropBox{top, left, clamp_value<int64_t>(r[2], 1, H - top), clamp_value<int64_t>(r[3], 1, W - left)};
+}
+
+template <typename in_t, typename out_t>
+struct MultiCropParams {
+  using acc_t = typename MultiCropAcc<out_t>::type;
+  const in_t* images;          // read through strides (batch, channel, row, column)
+  int64_t s_b, s_c, s_y, s_x;
+  int64_t B, N, C, H, W;
+  const int64_t* boxes;        // contiguous [B, N, 4]
+  const bool* flip;            // [B, N] read through strides, or nullptr
+  int64_t flip_sb, flip_sn;
+  out_t* out;                  // contiguous [B, N, C, out_h, out_w]
+  int64_t out_h, out_w;
+  acc_t scale[3];              // out = raw * scale[c] + shift[c]
+  acc_t shift[3];
+};
+
+template <typename in_t, typename out_t>
+LMCL_HD inline bool crop_flipped(const MultiCropParams<in_t, out_t>& p, int64_t bn) {
+  return p.flip != nullptr && p.flip[(bn / p.N) * p.flip_sb + (bn % p.N) * p.flip_sn];
+}
+
+// Column tap of output column x (flip applied: a mirrored crop reads column out_w - 1 - x).
+template <typename acc_t>
+LMCL_HD inline CropTap<acc_t> crop_col_tap(int64_t x, bool flipped, int64_t width, int64_t out_w) {
+  return crop_tap<acc_t>(flipped ? out_w - 1 - x : x, width, out_w);
+}
+
+// One output pixel, all kC channels. r0, r1: the two source rows at the crop's left edge; o: the
+// channel-0 output element, channels `plane` apart.
+// v = ly0 * (lx0 * p00 + lx1 * p01) + ly1 * (lx0 * p10 + lx1 * p11); out = v * scale[c] + shift[c].
+template <int kC, typename in_t, typename out_t, typename acc_t>
+LMCL_HD inline void multi_crop_pixel(const in_t* r0, const in_t* r1, int64_t s_c, int64_t s_x,
+                                     const CropTap<acc_t>& ty, const CropTap<acc_t>& tx, const acc_t* scale,
+                                     const acc_t* shift, out_t* o, int64_t plane) {
+  const int64_t x0 = tx.i0 * s_x;
+  const int64_t x1 = tx.i1 * s_x;
+  for (int c = 0; c < kC; ++c) {
+    const int64_t oc = c * s_c;
+    const acc_t top = tx.l0 * static_cast<acc_t>(r0[x0 + oc]) + tx.l1 * static_cast<acc_t>(r0[x1 + oc]);
+    const acc_t bot = tx.l0 * static_cast<acc_t>(r1[x0 + oc]) + tx.l1 * static_cast<acc_t>(r1[x1 + oc]);
+    const acc_t v = ty.l0 * top + ty.l1 * bot;
+    // out_t is constructible from float on host and device (c10::Half / c10::BFloat16).
+    o[c * plane] = static_cast<out_t>(static_cast<float>(v * scale[c] + shift[c]));
+  }
+}
+
+// One output row (row = (b * N + n) * out_h + y); col_taps: this crop's out_w column taps (flip applied).
+// The CPU kernel precomputes col_taps once per crop and reuses them for every row and channel.
+template <int kC, typename in_t, typename out_t>
+LMCL_HD inline void multi_crop_row(const MultiCropParams<in_t, out_t>& p, int64_t row,
+                                   const CropTap<typename MultiCropParams<in_t, out_t>::acc_t>* col_taps) {
+  using acc_t = typename MultiCropParams<in_t, out_t>::acc_t;
+  const int64_t y = row % p.out_h;
+  const int64_t bn = row / p.out_h;
+  const CropBox box = load_box(p.boxes, bn, p.H, p.W);
+  const CropTap<acc_t> ty = crop_tap<acc_t>(y, box.height, p.out_h);
+  const in_t* base = p.images + (bn / p.N) * p.s_b + box.left * p.s_x;
+  const in_t* r0 = base + (box.top + ty.i0) * p.s_y;
+  const in_t* r1 = base + (box.top + ty.i1) * p.s_y;
+  const int64_t plane = p.out_h * p.out_w;
+  out_t* o = p.out + bn * p.C * plane + y * p.out_w;
+  for (int64_t x = 0; x < p.out_w; ++x) {
+    multi_crop_pixel<kC>(r0, r1, p.s_c, p.s_x, ty, col_taps[x], p.scale, p.shift, o + x, plane);
+  }
+}
+
+// The CUDA launch: one thread per output pixel (all channels), grid-stride over B * N * out_h * out_w.
+template <int kC, typename in_t, typename out_t>
+struct MultiCropBody {
+  using Params = MultiCropParams<in_t, out_t>;
+  using acc_t = typename Params::acc_t;
+  static LMCL_HD void run(const Params& p, GridIndex g) {
+    const int64_t plane = p.out_h * p.out_w;
+    const int64_t items = p.B * p.N * plane;
+    for (int64_t i = g.first(); i < items; i += g.stride()) {
+      const int64_t x = i % p.out_w;
+      const int64_t y = (i / p.out_w) % p.out_h;
+      const int64_t bn = i / plane;
+      const CropBox box = load_box(p.boxes, bn, p.H, p.W);
+      const CropTap<acc_t> ty = crop_tap<acc_t>(y, box.height, p.out_h);
+      const CropTap<acc_t> tx = crop_col_tap<acc_t>(x, crop_flipped(p, bn), box.width, p.out_w);
+      const in_t* base = p.images + (bn / p.N) * p.s_b + box.left * p.s_x;
+      multi_crop_pixel<kC>(base + (box.top + ty.i0) * p.s_y, base + (box.top + ty.i1) * p.s_y, p.s_c, p.s_x, ty, tx,
+                           p.scale, p.shift, p.out + bn * p.C * plane + y * p.out_w + x, plane);
+    }
+  }
+};
+
+// ---- backward: the adjoint of the bilinear resample (float32 images only) ----
+
+// Add v to *dst: an atomic add on the GPU, a plain add on the host (the CPU kernel gives each thread its
+// own image planes, and the grid runner is serial).
+LMCL_HD inline void accumulate(float* dst, float v) {
+#if defined(__CUDA_ARCH__)
+  atomicAdd(dst, v);
+#else
+  *dst += v;
+#endif
+}
+
+// Scatter one output gradient g (already divided by std) of one channel to its four source pixels.
+// r0, r1: the channel's two grad-image rows at the crop's left edge (column stride 1).
+LMCL_HD inline void multi_crop_tap_backward(float* r0, float* r1, const CropTap<float>& ty, const CropTap<float>& tx,
+                                            float g) {
+  const float gt = ty.l0 * g;
+  const float gb = ty.l1 * g;
+  accumulate(r0 + tx.i0, tx.l0 * gt);
+  accumulate(r0 + tx.i1, tx.l1 * gt);
+  accumulate(r1 + tx.i0, tx.l0 * gb);
+  accumulate(r1 + tx.i1, tx.l1 * gb);
+}
+
+template <typename g_t>
+struct MultiCropBackwardParams {
+  const g_t* grad;             // contiguous [B, N, C, out_h, out_w]
+  int64_t B, N, C, H, W;
+  const int64_t* boxes;        // contiguous [B, N, 4]
+  const bool* flip;            // [B, N] read through strides, or nullptr
+  int64_t flip_sb, flip_sn;
+  float* grad_images;          // contiguous [B, C, H, W], zero-filled
+  int64_t out_h, out_w;
+  float scale[3];              // 1 / std[c]
+};
+
+template <typename g_t>
+LMCL_HD inline bool crop_flipped(const MultiCropBackwardParams<g_t>& p, int64_t bn) {
+  return p.flip != nullptr && p.flip[(bn / p.N) * p.flip_sb + (bn % p.N) * p.flip_sn];
+}
+
+// All output pixels of crop bn, channel c, scattered into the grad-image plane of that channel.
+template <typename g_t>
+LMCL_HD inline void multi_crop_plane_backward(const MultiCropBackwardParams<g_t>& p, int64_t bn, int64_t c) {
+  const CropBox box = load_box(p.boxes, bn, p.H, p.W);
+  const bool flipped = crop_flipped(p, bn);
+  const g_t* go = p.grad + (bn * p.C + c) * p.out_h * p.out_w;
+  float* base = p.grad_images + ((bn / p.N) * p.C + c) * p.H * p.W + box.left;
+  for (int64_t y = 0; y < p.out_h; ++y) {
+    const CropTap<float> ty = crop_tap<float>(y, box.height, p.out_h);
+    float* r0 = base + (box.top + ty.i0) * p.W;
+    float* r1 = base + (box.top + ty.i1) * p.W;
+    for (int64_t x = 0; x < p.out_w; ++x) {
+      const float g = static_cast<float>(go[y * p.out_w + x]) * p.scale[c];
+      multi_crop_tap_backward(r0, r1, ty, crop_col_tap<float>(x, flipped, box.width, p.out_w), g);
+    }
+  }
+}
+
+// The CUDA launch of the backward: one thread per output pixel (all channels), atomics into grad_images.
+template <typename g_t>
+struct MultiCropBackwardBody {
+  using Params = MultiCropBackwardParams<g_t>;
+  static LMCL_HD void run(const Params& p, GridIndex g) {
+    const int64_t plane = p.out_h * p.out_w;
+    const int64_t items = p.B * p.N * plane;
+    for (int64_t i = g.first(); i < items; i += g.stride()) {
+      const int64_t x = i % p.out_w;
+      const int64_t y = (i / p.out_w) % p.out_h;
+      const int64_t bn = i / plane;
+      const CropBox box = load_box(p.boxes, bn, p.H, p.W);
+      const CropTap<float> ty = crop_tap<float>(y, box.height, p.out_h);
+      const CropTap<float> tx = crop_col_tap<float>(x, crop_flipped(p, bn), box.width, p.out_w);
+      for (int64_t c = 0; c < p.C; ++c) {
+        float* base = p.grad_images + ((bn / p.N) * p.C + c) * p.H * p.W + box.left;
+        const float gv = static_cast<float>(p.grad[(bn * p.C + c) * plane + y * p.out_w + x]) * p.scale[c];
+        multi_crop_tap_backward(base + (box.top + ty.i0) * p.W, base + (box.top + ty.i1) * p.W, ty, tx, gv);
+      }
+    }
+  }
+};
+
+}  // namespace lmcl

@@ -1,0 +1,100 @@
+// lmc_loss: schema and argument checks. Kernels: csrc/cpu/lmc_loss_cpu.cpp, csrc/cuda/lmc_loss_cuda.cu,
+// both driving the tile loop of csrc/ops/lmc_loss_tiling.h over the math of csrc/kernels/lmc_loss.h.
+#include "ops/lmc_loss.h"
+
+#include <torch/library.h>
+
+#include <cmath>
+
+namespace lmcl {
+
+namespace {
+
+void check_embeddings(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 3, "lmc_loss: ", name, " must have shape [B, N, D], got ", t.sizes());
+  const auto dtype = t.scalar_type();
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kDouble,
+                   "lmc_loss: ", name, " must be float32, float16 or bfloat16 (float64 for gradcheck), got ", dtype);
+}
+
+}  // namespace
+
+void check_lmc_loss_args(const at::Tensor& z, const at::Tensor& anchor_idx, const at::Tensor& z_keys,
+                         const at::Tensor& teacher_keys, int64_t key_offset, double tau, double intra_weight,
+                         double manifold_weight, int64_t key_tile, bool check_anchor_values) {
+  check_embeddings(z, "z");
+  check_embeddings(z_keys, "z_keys");
+  check_embeddings(teacher_keys, "teacher");
+  const int64_t B = z.size(0);
+  const int64_t N = z.size(1);
+  TORCH_CHECK_VALUE(B >= 2, "lmc_loss: z needs B >= 2 images (the other images are the negatives), got B = ", B);
+  TORCH_CHECK_VALUE(N >= 2, "lmc_loss: z needs N >= 2 crops per image, got N = ", N);
+  TORCH_CHECK_TYPE(teacher_keys.scalar_type() == z.scalar_type() && z_keys.scalar_type() == z.scalar_type(),
+                   "lmc_loss: teacher must have the dtype of z (", z.scalar_type(), "), got ",
+                   teacher_keys.scalar_type());
+  TORCH_CHECK(z_keys.size(0) >= B && z_keys.size(1) == N && z_keys.size(2) == z.size(2),
+              "lmc_loss: z_keys must have shape [K >= B, N, D] with z's N and D ", z.sizes(), ", got ",
+              z_keys.sizes());
+  TORCH_CHECK(teacher_keys.sizes() == z_keys.sizes(), "lmc_loss: teacher must have the shape of z ",
+              z_keys.sizes(), ", got ", teacher_keys.sizes());
+  TORCH_CHECK(z_keys.device() == z.device() && teacher_keys.device() == z.device() &&
+                  anchor_idx.device() == z.device(),
+              "lmc_loss: z, anchor_idx and teacher must be on one device, got z on ", z.device(), ", anchor_idx on ",
+              anchor_idx.device(), ", teacher on ", teacher_keys.device());
+  TORCH_CHECK_TYPE(anchor_idx.scalar_type() == at::kLong, "lmc_loss: anchor_idx must be int64, got ",
+                   anchor_idx.scalar_type());
+  TORCH_CHECK(anchor_idx.dim() == 1 && anchor_idx.size(0) == B, "lmc_loss: anchor_idx must have shape [B] = [", B,
+              "], got ", anchor_idx.sizes());
+  TORCH_CHECK_VALUE(key_offset >= 0 && key_offset + B <= z_keys.size(0), "lmc_loss: key_offset must place z's ", B,
+                    " images inside z_keys' ", z_keys.size(0), ", got key_offset = ", key_offset);
+  TORCH_CHECK_VALUE(std::isfinite(tau) && tau > 0.0, "lmc_loss: tau must be positive and finite, got ", tau);
+  TORCH_CHECK_VALUE(std::isfinite(intra_weight) && intra_weight >= 0.0,
+                    "lmc_loss: intra_weight must be finite and >= 0, got ", intra_weight);
+  TORCH_CHECK_VALUE(std::isfinite(manifold_weight), "lmc_loss: manifold_weight must be finite, got ",
+                    manifold_weight);
+  TORCH_CHECK_VALUE(key_tile >= 0, "lmc_loss: key_tile must be >= 0 (0: automatic), got ", key_tile);
+  if (!check_anchor_values) {
+    return;
+  }
+  const auto [lo, hi] = at::aminmax(anchor_idx);
+  const int64_t min_idx = lo.item<int64_t>();
+  const int64_t max_idx = hi.item<int64_t>();
+  TORCH_CHECK_VALUE(min_idx >= 0 && max_idx < N, "lmc_loss: anchor_idx must be in [0, N) = [0, ", N,
+                    "), got values in [", min_idx, ", ", max_idx, "]");
+}
+
+void check_lmc_loss_backward_args(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& cluster_lse,
+                                  const at::Tensor& cluster_logits, const at::Tensor& manifold_lse) {
+  const auto acc = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(grad.numel() == 1 && grad.scalar_type() == acc && grad.device() == z.device(),
+              "_lmc_loss_backward: grad must be one ", acc, " value on z's device, got ", grad.sizes(), " ",
+              grad.scalar_type());
+  const int64_t B = z.size(0);
+  const int64_t N = z.size(1);
+  TORCH_CHECK(cluster_lse.sizes() == at::IntArrayRef({B}) && cluster_lse.scalar_type() == acc,
+              "_lmc_loss_backward: cluster_lse must be ", acc, " [", B, "], got ", cluster_lse.sizes());
+  TORCH_CHECK(cluster_logits.sizes() == at::IntArrayRef({B, N}) && cluster_logits.scalar_type() == acc,
+              "_lmc_loss_backward: cluster_logits must be ", acc, " [", B, ", ", N, "], got ", cluster_logits.sizes());
+  TORCH_CHECK(manifold_lse.sizes() == at::IntArrayRef({B * N}) && manifold_lse.scalar_type() == acc,
+              "_lmc_loss_backward: manifold_lse must be ", acc, " [", B * N, "], got ", manifold_lse.sizes());
+}
+
+TORCH_LIBRARY_FRAGMENT(lmcl, m) {
+  // Queries are this process's z; keys are z_keys / teacher_keys (all ranks' crops, gathered in Python;
+  // the inputs themselves in one process), key_offset = first key image of z. Returns the loss and the
+  // per-row state backward needs: log NEG_i and the anchor's logits p_ik of the cluster rows, and the
+  // manifold rows' log-sum-exp. key_tile: keys per similarity tile (0 picks it from the batch size).
+  // Backward: need_grad_* say which of (z, z_keys, teacher_keys) need a gradient; the others come back
+  // as zeros and their GEMMs are skipped (a detached EMA teacher saves a quarter of the backward).
+  m.def(
+      "lmc_loss(Tensor z, Tensor anchor_idx, Tensor z_keys, Tensor teacher_keys, int key_offset, float tau, "
+      "float intra_weight, float manifold_weight, int key_tile=0) -> (Tensor loss, Tensor cluster_lse, "
+      "Tensor cluster_logits, Tensor manifold_lse)");
+  m.def(
+      "_lmc_loss_backward(Tensor grad, Tensor z, Tensor anchor_idx, Tensor z_keys, Tensor teacher_keys, "
+      "Tensor cluster_lse, Tensor cluster_logits, Tensor manifold_lse, int key_offset, float tau, "
+      "float intra_weight, float manifold_weight, bool need_grad_z, bool need_grad_z_keys, "
+      "bool need_grad_teacher_keys, int key_tile=0) -> (Tensor grad_z, Tensor grad_z_keys, Tensor grad_teacher_keys)");
+}
+
+}  // namespace lmcl

@@ -1,0 +1,276 @@
+// lmc_loss tile loop, host side, shared by the CPU and CUDA kernels (and the grid-runner test):
+// tensors -> Params of the bodies in csrc/kernels/lmc_loss.h, GEMMs with at::mm, and the order of
+// passes. A `Passes` object runs the bodies: CpuPasses (at::parallel_for, csrc/cpu/lmc_loss_cpu.cpp)
+// or GridPasses (a 1-D grid per pass, csrc/cuda/lmc_loss_launch.h).
+//
+// Keys are processed in chunks of T rows. Forward: S = Q K_chunk^T (GEMM), then one pass updates
+// each row's running max and sum. Backward recomputes S, turns it into gradient coefficients G in
+// place, then dQ += G K_chunk and dK_chunk = G^T Q. Memory O(M D + M T); nothing [M, M] exists.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <limits>
+#include <tuple>
+
+#include "kernels/lmc_loss.h"
+
+namespace lmcl {
+namespace lmc {
+
+struct LmcOptions {
+  int64_t key_offset;
+  double tau;
+  double intra_weight;
+  double manifold_weight;
+  int64_t key_tile;  // 0: default_key_tile
+};
+
+// The [B*N, T] tile is the only buffer that grows with the batch: about 128 MiB of float32, and at
+// least 256 keys wide so that the GEMMs stay efficient.
+inline int64_t default_key_tile(int64_t query_rows, int64_t key_rows) {
+  const int64_t budget = (int64_t(1) << 25) / std::max<int64_t>(query_rows, 1);
+  return std::max<int64_t>(1, std::min(key_rows, std::max<int64_t>(256, budget)));
+}
+
+// float64 inputs (gradcheck) compute in float64; every other dtype in float32.
+inline at::ScalarType acc_type_of(const at::Tensor& z) {
+  return z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+constexpr double kNormEps = 1e-12;
+
+template <typename acc_t, typename Passes>
+at::Tensor normalized_rows(Passes& passes, const at::Tensor& x) {
+  const int64_t rows = x.size(0) * x.size(1);
+  const int64_t D = x.size(2);
+  at::Tensor out = at::empty({rows, D}, x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lmcl::lmc_loss_normalize", [&] {
+    using Body = NormalizeBody<scalar_t, acc_t>;
+    const typename Body::Params p{x.data_ptr<scalar_t>(), rows,        x.size(1),      D,
+                                  x.stride(0),            x.stride(1), x.stride(2),    static_cast<acc_t>(kNormEps),
+                                  out.data_ptr<acc_t>()};
+    passes.template for_each<Body>(p, rows, 3 * D);
+  });
+  return out;
+}
+
+template <typename acc_t, typename Passes>
+at::Tensor normalize_backward(Passes& passes, const at::Tensor& x, const at::Tensor& grad_hat,
+                              const at::Tensor* anchor_grad, const at::Tensor& anchor_idx, const at::Tensor& grad_out) {
+  const int64_t rows = x.size(0) * x.size(1);
+  const int64_t D = x.size(2);
+  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lmcl::lmc_loss_normalize_backward", [&] {
+    using Body = NormalizeBackwardBody<scalar_t, acc_t>;
+    const typename Body::Params p{x.data_ptr<scalar_t>(),
+                                  rows,
+                                  x.size(1),
+                                  D,
+                                  x.stride(0),
+                                  x.stride(1),
+                                  x.stride(2),
+                                  static_cast<acc_t>(kNormEps),
+                                  grad_hat.data_ptr<acc_t>(),
+                                  anchor_grad ? anchor_grad->data_ptr<acc_t>() : nullptr,
+                                  anchor_idx.data_ptr<int64_t>(),
+                                  grad_out.data_ptr<acc_t>(),
+                                  out.data_ptr<scalar_t>()};
+    passes.template for_each<Body>(p, rows, 5 * D);
+  });
+  return out;
+}
+
+// Normalised queries, keys of both kinds, and the anchor queries. Inputs passed twice (one process,
+// teacher=None) are normalised once.
+template <typename acc_t>
+struct Normalized {
+  at::Tensor q, kz, kt, anchors;
+};
+
+template <typename acc_t, typename Passes>
+Normalized<acc_t> normalize_all(Passes& passes, const at::Tensor& z, const at::Tensor& anchor_idx,
+                                const at::Tensor& z_keys, const at::Tensor& teacher_keys) {
+  Normalized<acc_t> n;
+  n.q = normalized_rows<acc_t>(passes, z);
+  n.kz = z_keys.is_same(z) ? n.q : normalized_rows<acc_t>(passes, z_keys);
+  n.kt = teacher_keys.is_same(z_keys) ? n.kz
+         : teacher_keys.is_same(z)    ? n.q
+                                      : normalized_rows<acc_t>(passes, teacher_keys);
+  const at::Tensor rows = at::arange(z.size(0), anchor_idx.options()) * z.size(1) + anchor_idx;
+  n.anchors = n.q.index_select(0, rows);
+  return n;
+}
+
+// Params of a tile pass over S [rows, cols] against key rows col0... Cluster rows when anchor_idx is set.
+template <typename acc_t>
+TileParams<acc_t> tile_params(at::Tensor& s, int64_t col0, int64_t N, const LmcOptions& o, const int64_t* anchor_idx) {
+  const bool cluster = anchor_idx != nullptr;
+  const acc_t minus_inf = -std::numeric_limits<acc_t>::infinity();
+  return TileParams<acc_t>{s.data_ptr<acc_t>(),
+                           s.size(0),
+                           s.size(1),
+                           s.stride(0),
+                           col0,
+                           N,
+                           o.key_offset,
+                           anchor_idx,
+                           static_cast<acc_t>(1.0 / o.tau),
+                           cluster ? minus_inf : acc_t(0),
+                           cluster ? minus_inf : static_cast<acc_t>(std::log(o.intra_weight))};
+}
+
+// A contiguous [rows, cols] view at the start of a flat buffer (the last chunk is narrower).
+inline at::Tensor tile_view(at::Tensor& buffer, int64_t rows, int64_t cols) {
+  return buffer.narrow(0, 0, rows * cols).view({rows, cols});
+}
+
+// Returns (loss, cluster_lse [B], cluster_logits [B, N], manifold_lse [B*N]).
+template <typename acc_t, typename Passes>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lmc_loss_forward_tiled(
+    Passes& passes, const at::Tensor& z, const at::Tensor& anchor_idx_in, const at::Tensor& z_keys,
+    const at::Tensor& teacher_keys, const LmcOptions& o) {
+  const int64_t B = z.size(0);
+  const int64_t N = z.size(1);
+  const int64_t Mq = B * N;
+  const int64_t Mk = z_keys.size(0) * N;
+  const at::Tensor anchor_idx = anchor_idx_in.contiguous();
+  const Normalized<acc_t> n = normalize_all<acc_t>(passes, z, anchor_idx, z_keys, teacher_keys);
+  const auto opts = n.q.options();
+  const acc_t minus_inf = -std::numeric_limits<acc_t>::infinity();
+
+  at::Tensor man_max = at::full({Mq}, minus_inf, opts);
+  at::Tensor man_sum = at::zeros({Mq}, opts);
+  at::Tensor man_same = at::empty({Mq, N}, opts);
+  at::Tensor clu_max = at::full({B}, minus_inf, opts);
+  at::Tensor clu_sum = at::zeros({B}, opts);
+  at::Tensor clu_same = at::empty({B, N}, opts);
+
+  const int64_t T = o.key_tile > 0 ? std::min(o.key_tile, Mk) : default_key_tile(Mq, Mk);
+  at::Tensor man_buf = at::empty({Mq * T}, opts);
+  at::Tensor clu_buf = at::empty({B * T}, opts);
+  const int64_t* anchor_ptr = anchor_idx.data_ptr<int64_t>();
+  for (int64_t c0 = 0; c0 < Mk; c0 += T) {
+    const int64_t tc = std::min(T, Mk - c0);
+    at::Tensor s = tile_view(man_buf, Mq, tc);
+    at::mm_out(s, n.q, n.kt.narrow(0, c0, tc).t());
+    passes.template for_each<LseTileBody<acc_t>>(
+        {tile_params<acc_t>(s, c0, N, o, nullptr), man_max.data_ptr<acc_t>(), man_sum.data_ptr<acc_t>(),
+         man_same.data_ptr<acc_t>()},
+        Mq, 8 * tc);
+    at::Tensor sc = tile_view(clu_buf, B, tc);
+    at::mm_out(sc, n.anchors, n.kz.narrow(0, c0, tc).t());
+    passes.template for_each<LseTileBody<acc_t>>(
+        {tile_params<acc_t>(sc, c0, N, o, anchor_ptr), clu_max.data_ptr<acc_t>(), clu_sum.data_ptr<acc_t>(),
+         clu_same.data_ptr<acc_t>()},
+        B, 8 * tc);
+  }
+
+  at::Tensor man_lse = at::empty({Mq}, opts);
+  at::Tensor man_loss = at::empty({Mq}, opts);
+  passes.template for_each<FinalizeBody<acc_t>>(
+      {Mq, N, nullptr, man_max.data_ptr<acc_t>(), man_sum.data_ptr<acc_t>(), man_same.data_ptr<acc_t>(),
+       man_lse.data_ptr<acc_t>(), man_loss.data_ptr<acc_t>()},
+      Mq, 8);
+  at::Tensor clu_lse = at::empty({B}, opts);
+  at::Tensor clu_loss = at::empty({B}, opts);
+  passes.template for_each<FinalizeBody<acc_t>>(
+      {B, N, anchor_ptr, clu_max.data_ptr<acc_t>(), clu_sum.data_ptr<acc_t>(), clu_same.data_ptr<acc_t>(),
+       clu_lse.data_ptr<acc_t>(), clu_loss.data_ptr<acc_t>()},
+      B, 8 * N);
+
+  // Row losses are normalised by this process's B, so the mean over ranks is the global loss.
+  const double scale_c = 1.0 / static_cast<double>(B * (N - 1));
+  const double scale_m = o.manifold_weight / static_cast<double>(Mq);
+  at::Tensor loss = clu_loss.sum().mul_(scale_c).add_(man_loss.sum().mul_(scale_m));
+  return {loss, clu_lse, clu_same, man_lse};
+}
+
+// Returns (grad_z, grad_z_keys, grad_teacher_keys), in the inputs' dtypes, contiguous; zeros (and no
+// GEMM) for those whose output_mask entry is false.
+template <typename acc_t, typename Passes>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lmc_loss_backward_tiled(
+    Passes& passes, const at::Tensor& grad, const at::Tensor& z, const at::Tensor& anchor_idx_in,
+    const at::Tensor& z_keys, const at::Tensor& teacher_keys, const at::Tensor& cluster_lse_in,
+    const at::Tensor& cluster_logits_in, const at::Tensor& manifold_lse_in, const LmcOptions& o,
+    std::array<bool, 3> output_mask) {
+  const int64_t B = z.size(0);
+  const int64_t N = z.size(1);
+  const int64_t D = z.size(2);
+  const int64_t Mq = B * N;
+  const int64_t Mk = z_keys.size(0) * N;
+  const at::Tensor anchor_idx = anchor_idx_in.contiguous();
+  const at::Tensor cluster_lse = cluster_lse_in.contiguous();
+  const at::Tensor cluster_logits = cluster_logits_in.contiguous();
+  const at::Tensor manifold_lse = manifold_lse_in.contiguous();
+  const at::Tensor grad_out = grad.reshape({1}).contiguous();
+  const Normalized<acc_t> n = normalize_all<acc_t>(passes, z, anchor_idx, z_keys, teacher_keys);
+  const auto opts = n.q.options();
+  const int64_t* anchor_ptr = anchor_idx.data_ptr<int64_t>();
+  const acc_t inv_tau = static_cast<acc_t>(1.0 / o.tau);
+
+  at::Tensor pos_coef = at::empty({B, N}, opts);
+  at::Tensor row_scale = at::empty({B}, opts);
+  passes.template for_each<ClusterCoefBody<acc_t>>(
+      {B, N, anchor_ptr, cluster_logits.data_ptr<acc_t>(), cluster_lse.data_ptr<acc_t>(),
+       static_cast<acc_t>(1.0 / static_cast<double>(B * (N - 1))) * inv_tau, pos_coef.data_ptr<acc_t>(),
+       row_scale.data_ptr<acc_t>()},
+      B, 16 * N);
+  const acc_t man_scale = static_cast<acc_t>(o.manifold_weight / static_cast<double>(Mq)) * inv_tau;
+
+  const bool need_q = output_mask[0];
+  const bool need_kz = output_mask[1];
+  const bool need_kt = output_mask[2];
+  at::Tensor dq = at::zeros({Mq, D}, opts);
+  at::Tensor da = at::zeros({B, D}, opts);
+  at::Tensor dkz = at::empty({Mk, D}, opts);
+  at::Tensor dkt = at::empty({Mk, D}, opts);
+  const int64_t T = o.key_tile > 0 ? std::min(o.key_tile, Mk) : default_key_tile(Mq, Mk);
+  at::Tensor man_buf = at::empty({Mq * T}, opts);
+  at::Tensor clu_buf = at::empty({B * T}, opts);
+  for (int64_t c0 = 0; c0 < Mk; c0 += T) {
+    const int64_t tc = std::min(T, Mk - c0);
+    if (need_q || need_kt) {
+      const at::Tensor kt = n.kt.narrow(0, c0, tc);
+      at::Tensor s = tile_view(man_buf, Mq, tc);
+      at::mm_out(s, n.q, kt.t());
+      passes.template grad_tile<acc_t>({tile_params<acc_t>(s, c0, N, o, nullptr), manifold_lse.data_ptr<acc_t>(),
+                                        nullptr, man_scale, nullptr});
+      if (need_q) {
+        dq.addmm_(s, kt);
+      }
+      if (need_kt) {
+        at::Tensor dkt_chunk = dkt.narrow(0, c0, tc);
+        at::mm_out(dkt_chunk, s.t(), n.q);
+      }
+    }
+    if (need_q || need_kz) {
+      const at::Tensor kz = n.kz.narrow(0, c0, tc);
+      at::Tensor sc = tile_view(clu_buf, B, tc);
+      at::mm_out(sc, n.anchors, kz.t());
+      passes.template grad_tile<acc_t>({tile_params<acc_t>(sc, c0, N, o, anchor_ptr), cluster_lse.data_ptr<acc_t>(),
+                                        row_scale.data_ptr<acc_t>(), acc_t(0), pos_coef.data_ptr<acc_t>()});
+      if (need_q) {
+        da.addmm_(sc, kz);
+      }
+      if (need_kz) {
+        at::Tensor dkz_chunk = dkz.narrow(0, c0, tc);
+        at::mm_out(dkz_chunk, sc.t(), n.anchors);
+      }
+    }
+  }
+
+  const auto zeros_like_input = [](const at::Tensor& x) { return at::zeros(x.sizes(), x.options()); };
+  return {need_q ? normalize_backward<acc_t>(passes, z, dq, &da, anchor_idx, grad_out) : zeros_like_input(z),
+          need_kz ? normalize_backward<acc_t>(passes, z_keys, dkz, nullptr, anchor_idx, grad_out)
+                  : zeros_like_input(z_keys),
+          need_kt ? normalize_backward<acc_t>(passes, teacher_keys, dkt, nullptr, anchor_idx, grad_out)
+                  : zeros_like_input(teacher_keys)};
+}
+
+}  // namespace lmc
+}  // namespace lmcl

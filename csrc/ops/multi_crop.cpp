@@ -1,0 +1,115 @@
+// Schema of lmcl::multi_crop (SPEC §1.1) and its hidden backward, plus the checks both backends run.
+#include "ops/multi_crop.h"
+
+#include <torch/library.h>
+
+#include <cmath>
+
+namespace lmcl {
+
+namespace {
+
+void check_channel_values(const char* op, const char* name, const std::optional<at::ArrayRef<double>>& values,
+                          int64_t channels) {
+  if (values.has_value()) {
+    TORCH_CHECK_VALUE(static_cast<int64_t>(values->size()) == channels, op, ": ", name,
+                      " must have one value per channel (C = ", channels, "), got ", values->size(), " values");
+  }
+}
+
+void check_std_nonzero(const char* op, const std::optional<at::ArrayRef<double>>& std) {
+  if (!std.has_value()) {
+    return;
+  }
+  for (size_t c = 0; c < std->size(); ++c) {
+    TORCH_CHECK_VALUE((*std)[c] != 0.0, op, ": std must be non-zero for every channel, got std[", c,
+                      "] = ", (*std)[c]);
+  }
+}
+
+void check_boxes_and_flip(const char* op, const at::Tensor& boxes, const std::optional<at::Tensor>& flip,
+                          int64_t B, const at::Device& device) {
+  TORCH_CHECK_TYPE(boxes.scalar_type() == at::kInt || boxes.scalar_type() == at::kLong, op,
+                   ": boxes must be int32 or int64, got ", boxes.scalar_type());
+  TORCH_CHECK(boxes.dim() == 3 && boxes.size(2) == 4, op,
+              ": boxes must have shape [B, N, 4] (top, left, height, width), got ", boxes.sizes());
+  TORCH_CHECK(boxes.size(0) == B, op, ": boxes must have one row of boxes per image (B = ", B, "), got ",
+              boxes.sizes());
+  TORCH_CHECK(boxes.device() == device, op, ": boxes must be on the images' device (", device, "), got ",
+              boxes.device());
+  if (flip.has_value()) {
+    TORCH_CHECK_TYPE(flip->scalar_type() == at::kBool, op, ": flip must be a bool tensor, got ",
+                     flip->scalar_type());
+    TORCH_CHECK(flip->dim() == 2 && flip->size(0) == B && flip->size(1) == boxes.size(1), op,
+                ": flip must have shape [B, N] = [", B, ", ", boxes.size(1), "], got ", flip->sizes());
+    TORCH_CHECK(flip->device() == device, op, ": flip must be on the images' device (", device, "), got ",
+                flip->device());
+  }
+}
+
+}  // namespace
+
+void check_multi_crop_args(const at::Tensor& images, const at::Tensor& boxes, at::IntArrayRef size,
+                           const std::optional<at::ArrayRef<double>>& mean,
+                           const std::optional<at::ArrayRef<double>>& std,
+                           const std::optional<at::Tensor>& flip, at::ScalarType out_dtype) {
+  constexpr const char* op = "multi_crop";
+  TORCH_CHECK_TYPE(images.scalar_type() == at::kByte || images.scalar_type() == at::kFloat, op,
+                   ": images must be uint8 [B, H, W, C] or float32 [B, C, H, W], got ", images.scalar_type());
+  TORCH_CHECK(images.dim() == 4, op, ": images must be 4-D (uint8 [B, H, W, C] or float32 [B, C, H, W]), got ",
+              images.dim(), "-D with shape ", images.sizes());
+  const int64_t C = multi_crop_channels(images);
+  TORCH_CHECK(C == 1 || C == 3, op, ": images must have C = 1 or 3 channels (dim ",
+              images.scalar_type() == at::kByte ? 3 : 1, " for ", images.scalar_type(), "), got shape ",
+              images.sizes());
+  check_boxes_and_flip(op, boxes, flip, images.size(0), images.device());
+  TORCH_CHECK(size.size() == 2, op, ": size must be (S_h, S_w), got ", size);
+  TORCH_CHECK_VALUE(size[0] >= 1 && size[1] >= 1, op, ": size must be positive, got ", size);
+  check_channel_values(op, "mean", mean, C);
+  check_channel_values(op, "std", std, C);
+  check_std_nonzero(op, std);
+  TORCH_CHECK_TYPE(out_dtype == at::kFloat || out_dtype == at::kHalf || out_dtype == at::kBFloat16, op,
+                   ": out_dtype must be float32, float16 or bfloat16, got ", out_dtype);
+}
+
+void check_multi_crop_backward_args(const at::Tensor& grad, const at::Tensor& boxes,
+                                    const std::optional<at::ArrayRef<double>>& std,
+                                    const std::optional<at::Tensor>& flip, int64_t height, int64_t width) {
+  constexpr const char* op = "_multi_crop_backward";
+  TORCH_CHECK_TYPE(grad.scalar_type() == at::kFloat || grad.scalar_type() == at::kHalf ||
+                       grad.scalar_type() == at::kBFloat16,
+                   op, ": grad must be float32, float16 or bfloat16, got ", grad.scalar_type());
+  TORCH_CHECK(grad.dim() == 5 && (grad.size(2) == 1 || grad.size(2) == 3), op,
+              ": grad must have shape [B, N, C, S_h, S_w] with C = 1 or 3, got ", grad.sizes());
+  check_boxes_and_flip(op, boxes, flip, grad.size(0), grad.device());
+  TORCH_CHECK(boxes.size(1) == grad.size(1), op, ": boxes must have N = ", grad.size(1), " boxes per image, got ",
+              boxes.sizes());
+  TORCH_CHECK_VALUE(height >= 0 && width >= 0, op, ": height and width must be non-negative, got ", height, " x ",
+                    width);
+  check_channel_values(op, "std", std, grad.size(2));
+  check_std_nonzero(op, std);
+}
+
+void check_multi_crop_boxes_cpu(const at::Tensor& boxes64, int64_t H, int64_t W) {
+  const int64_t* p = boxes64.data_ptr<int64_t>();
+  const int64_t N = boxes64.size(1);
+  const int64_t count = boxes64.size(0) * N;
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t t = p[4 * i], l = p[4 * i + 1], h = p[4 * i + 2], w = p[4 * i + 3];
+    // Written as !(valid) and with subtraction so huge values cannot overflow into "valid".
+    if (!(t >= 0 && l >= 0 && h >= 1 && w >= 1 && t <= H - h && l <= W - w)) {
+      fail_multi_crop_box(i / N, i % N, t, l, h, w, H, W);
+    }
+  }
+}
+
+TORCH_LIBRARY_FRAGMENT(lmcl, m) {
+  m.def(
+      "multi_crop(Tensor images, Tensor boxes, SymInt[] size, float[]? mean, float[]? std, Tensor? flip, "
+      "ScalarType out_dtype) -> Tensor");
+  m.def(
+      "_multi_crop_backward(Tensor grad, Tensor boxes, float[]? std, Tensor? flip, SymInt height, "
+      "SymInt width) -> Tensor");
+}
+
+}  // namespace lmcl

@@ -1,0 +1,92 @@
+// CPU stand-in of the lmc_loss CUDA launcher: the same tile loop (ops/lmc_loss_tiling.h) and launch
+// configurations (cuda/lmc_loss_launch.h), with every launch run by run_grid_on_host. The test op
+// takes the key tile width and the grid size so the tests can force several key tiles and grid-stride
+// wrap-around.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "cuda/lmc_loss_launch.h"
+#include "grid_runner.h"
+#include "ops/lmc_loss_tiling.h"
+
+namespace lmcl {
+namespace {
+
+struct HostLauncher {
+  template <class Body>
+  void run(const typename Body::Params& p, LaunchConfig config) const {
+    run_grid_on_host<Body>(p, config);
+  }
+};
+
+lmc::GridPasses<HostLauncher> make_passes(int64_t threads, int64_t max_blocks) {
+  lmc::GridPasses<HostLauncher> passes;
+  passes.threads = threads;
+  passes.max_blocks = max_blocks;
+  return passes;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lmc_loss_grid(
+    const at::Tensor& z, const at::Tensor& anchor_idx, const at::Tensor& z_keys, const at::Tensor& teacher_keys,
+    int64_t key_offset, double tau, double intra_weight, double manifold_weight, int64_t key_tile, int64_t threads,
+    int64_t max_blocks) {
+  auto passes = make_passes(threads, max_blocks);
+  const lmc::LmcOptions o{key_offset, tau, intra_weight, manifold_weight, key_tile};
+  if (lmc::acc_type_of(z) == at::kDouble) {
+    return lmc::lmc_loss_forward_tiled<double>(passes, z, anchor_idx, z_keys, teacher_keys, o);
+  }
+  return lmc::lmc_loss_forward_tiled<float>(passes, z, anchor_idx, z_keys, teacher_keys, o);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lmc_loss_backward_grid(
+    const at::Tensor& grad, const at::Tensor& z, const at::Tensor& anchor_idx, const at::Tensor& z_keys,
+    const at::Tensor& teacher_keys, const at::Tensor& cluster_lse, const at::Tensor& cluster_logits,
+    const at::Tensor& manifold_lse, int64_t key_offset, double tau, double intra_weight, double manifold_weight,
+    int64_t key_tile, int64_t threads, int64_t max_blocks) {
+  auto passes = make_passes(threads, max_blocks);
+  const lmc::LmcOptions o{key_offset, tau, intra_weight, manifold_weight, key_tile};
+  if (lmc::acc_type_of(z) == at::kDouble) {
+    return lmc::lmc_loss_backward_tiled<double>(passes, grad, z, anchor_idx, z_keys, teacher_keys, cluster_lse,
+                                                cluster_logits, manifold_lse, o, {true, true, true});
+  }
+  return lmc::lmc_loss_backward_tiled<float>(passes, grad, z, anchor_idx, z_keys, teacher_keys, cluster_lse,
+                                             cluster_logits, manifold_lse, o, {true, true, true});
+}
+
+// One launch of the backward tile body alone, on a given similarity tile (empty tiles included).
+at::Tensor lmc_grad_tile_grid(const at::Tensor& s, const at::Tensor& lse, int64_t col0, int64_t N,
+                              int64_t key_offset, double tau, double intra_weight, double scale, int64_t threads,
+                              int64_t max_blocks) {
+  at::Tensor out = s.to(at::kFloat).contiguous().clone();
+  at::Tensor lse_c = lse.to(at::kFloat).contiguous();
+  const lmc::LmcOptions o{key_offset, tau, intra_weight, 1.0, 0};
+  auto passes = make_passes(threads, max_blocks);
+  passes.grad_tile<float>({lmc::tile_params<float>(out, col0, N, o, nullptr), lse_c.data_ptr<float>(), nullptr,
+                           static_cast<float>(scale), nullptr});
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(lmcl_grid, m) {
+  m.def(
+      "lmc_loss(Tensor z, Tensor anchor_idx, Tensor z_keys, Tensor teacher_keys, int key_offset, float tau, "
+      "float intra_weight, float manifold_weight, int key_tile, int threads, int max_blocks) -> "
+      "(Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "lmc_loss_backward(Tensor grad, Tensor z, Tensor anchor_idx, Tensor z_keys, Tensor teacher_keys, "
+      "Tensor cluster_lse, Tensor cluster_logits, Tensor manifold_lse, int key_offset, float tau, "
+      "float intra_weight, float manifold_weight, int key_tile, int threads, int max_blocks) -> "
+      "(Tensor, Tensor, Tensor)");
+  m.def(
+      "lmc_grad_tile(Tensor s, Tensor lse, int col0, int N, int key_offset, float tau, float intra_weight, "
+      "float scale, int threads, int max_blocks) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(lmcl_grid, CPU, m) {
+  m.impl("lmc_loss", &lmc_loss_grid);
+  m.impl("lmc_loss_backward", &lmc_loss_backward_grid);
+  m.impl("lmc_grad_tile", &lmc_grad_tile_grid);
+}
+
+}  // namespace lmcl

@@ -1,0 +1,61 @@
+// CPU stand-ins of the CUDA multi_crop launchers: the same host code (csrc/cuda/multi_crop_launch.h:
+// box read-back, Params, launch configuration; the argument checks live in the library, not linked
+// here, so tests pass valid metadata) with run_grid_on_host in place of launch_grid.
+// `threads` and `max_blocks` let tests shrink the grid so the grid-stride loop wraps.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "cuda/multi_crop_launch.h"
+#include "grid_runner.h"
+
+namespace {
+
+struct HostLauncher {
+  template <typename Body>
+  void operator()(Body, const typename Body::Params& params, lmcl::LaunchConfig config) const {
+    lmcl::run_grid_on_host<Body>(params, config);
+  }
+};
+
+at::Tensor multi_crop_grid(const at::Tensor& images, const at::Tensor& boxes, at::IntArrayRef size,
+                           std::optional<at::ArrayRef<double>> mean, std::optional<at::ArrayRef<double>> std,
+                           const std::optional<at::Tensor>& flip, at::ScalarType out_dtype, int64_t threads,
+                           int64_t max_blocks) {
+  return lmcl::multi_crop_grid(images, boxes, size, mean, std, flip, out_dtype, HostLauncher{}, threads, max_blocks);
+}
+
+at::Tensor multi_crop_backward_grid(const at::Tensor& grad, const at::Tensor& boxes,
+                                    std::optional<at::ArrayRef<double>> std, const std::optional<at::Tensor>& flip,
+                                    int64_t height, int64_t width, int64_t threads, int64_t max_blocks) {
+  return lmcl::multi_crop_backward_grid(grad, boxes, std, flip, height, width, HostLauncher{}, threads, max_blocks);
+}
+
+// The forward Body with the box check skipped (uint8 NHWC, C = 3, float32 output): shows that the
+// kernel's own clamping keeps every read inside the image whatever the boxes hold.
+at::Tensor multi_crop_unchecked_grid(const at::Tensor& images, const at::Tensor& boxes, at::IntArrayRef size) {
+  at::Tensor out = at::empty({boxes.size(0), boxes.size(1), 3, size[0], size[1]}, images.options().dtype(at::kFloat));
+  const at::Tensor boxes64 = boxes.to(at::kLong).contiguous();
+  const auto affine = lmcl::multi_crop_affine(3, 1.0 / 255.0, std::nullopt, std::nullopt);
+  const auto p = lmcl::make_multi_crop_params<uint8_t, float>(images, boxes64, std::nullopt, affine, out);
+  lmcl::run_grid_on_host<lmcl::MultiCropBody<3, uint8_t, float>>(
+      p, lmcl::multi_crop_launch_config(out.numel() / 3, 64, 4));
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(lmcl_grid, m) {
+  m.def("multi_crop_unchecked(Tensor images, Tensor boxes, int[] size) -> Tensor");
+  m.def(
+      "multi_crop(Tensor images, Tensor boxes, int[] size, float[]? mean, float[]? std, Tensor? flip, "
+      "ScalarType out_dtype, int threads, int max_blocks) -> Tensor");
+  m.def(
+      "multi_crop_backward(Tensor grad, Tensor boxes, float[]? std, Tensor? flip, int height, int width, "
+      "int threads, int max_blocks) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(lmcl_grid, CPU, m) {
+  m.impl("multi_crop", &multi_crop_grid);
+  m.impl("multi_crop_backward", &multi_crop_backward_grid);
+  m.impl("multi_crop_unchecked", &multi_crop_unchecked_grid);
+}

@@ -1,0 +1,63 @@
+"""lmc_loss(group=...) with gloo in 2 CPU processes against the single-process loss of the global batch
+(SPEC §1.4: mean of the W values = global loss; z.grad on rank p = W x the global gradient of its rows)."""
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import lmcl_fast  # noqa: F401
+from lmcl_fast.ops import lmc_loss
+from lmcl_testing import TOLERANCES
+
+WORLD = 2
+B, N, D = 3, 4, 8
+KW = dict(tau=0.1, intra_weight=0.4, manifold_weight=0.8)
+
+
+def _global_batch():
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(WORLD * B, N, D, generator=g)
+    t = torch.randn(WORLD * B, N, D, generator=g)
+    a = torch.randint(0, N, (WORLD * B,), generator=g)
+    return z, t, a
+
+
+def _worker(rank, init_file, out_dir, with_teacher):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        z, t, a = _global_batch()
+        rows = slice(rank * B, (rank + 1) * B)
+        z_local = z[rows].clone().requires_grad_(True)
+        t_local = t[rows].clone().requires_grad_(True) if with_teacher else None
+        loss = lmc_loss(z_local, a[rows], t_local, group=dist.group.WORLD, **KW)
+        loss.backward()
+        torch.save(dict(loss=loss.detach(), z_grad=z_local.grad,
+                        t_grad=t_local.grad if with_teacher else None), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("with_teacher", [True, False], ids=["teacher", "teacher-none"])
+def test_group_matches_single_process_global_batch(tmp_path, with_teacher):
+    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path), with_teacher), nprocs=WORLD, join=True)
+    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+
+    z, t, a = _global_batch()
+    z = z.requires_grad_(True)
+    t = t.requires_grad_(True) if with_teacher else None
+    loss = lmc_loss(z, a, t, **KW)
+    loss.backward()
+
+    tol = TOLERANCES[("lmc_loss", torch.float32)]
+    torch.testing.assert_close(torch.stack([r["loss"] for r in results]).mean(), loss.detach(), **tol)
+    grad_tol = TOLERANCES[("lmc_loss_grad", torch.float32)]
+    for rank, r in enumerate(results):
+        rows = slice(rank * B, (rank + 1) * B)
+        pairs = [(r["z_grad"], z.grad[rows])] + ([(r["t_grad"], t.grad[rows])] if with_teacher else [])
+        for got, single in pairs:
+            expected = WORLD * single
+            atol = grad_tol["atol_per_max"] * max(expected.abs().max().item(), 1.0)
+            torch.testing.assert_close(got, expected, rtol=grad_tol["rtol"], atol=atol)
