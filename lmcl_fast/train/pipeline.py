@@ -46,6 +46,9 @@ class CropPipeline:
         """Random multi-scale boxes (and flips) drawn from `generator` (a CPU generator: same seed, same
         crops on every device). Returns crops [B, N, 3, S, S] and prior logits [B, N]."""
         cfg = self.cfg
+        # Box sampling runs on the host (sample_boxes validates the sizes there); the sizes are tiny, but
+        # a loader that put them on the GPU costs one small device-to-host copy here.
+        heights, widths = heights.cpu(), widths.cpu()
         boxes = ops.sample_boxes(heights, widths, cfg.n_crops, scales=(cfg.crop_scale_min, cfg.crop_scale_max),
                                  min_size=cfg.min_crop, generator=generator)
         flip = None
@@ -55,4 +58,5 @@ class CropPipeline:
 
     def eval_crops(self, images, heights, widths):
         cfg = self.cfg
+        heights, widths = heights.cpu(), widths.cpu()
         return self._crops(images, grid_boxes(heights, widths, cfg.eval_grid, cfg.eval_scale, cfg.min_crop), None)
