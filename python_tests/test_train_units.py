@@ -1,8 +1,6 @@
 """Trainer building blocks on their own: config, schedule, mutual-learning pieces, boxes, checkpoints."""
 import argparse
 import json
-import math
-import os
 import random
 
 import numpy as np
@@ -17,6 +15,7 @@ from lmcl_fast.train.config import (SHAPE_FIELDS, ConfigMismatchError, TrainConf
 from lmcl_fast.train.mutual import ema_update, prior_logits, symmetric_kl
 from lmcl_fast.train.pipeline import grid_boxes
 from lmcl_fast.train.schedule import make_scheduler, warmup_cosine
+from lmcl_testing import TOLERANCES
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -203,3 +202,53 @@ def test_dist_context_from_env(monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="cuda"):
             resolve_device("cuda", ctx)
+
+
+# ------------------------------------------------------------------------------------------- objective
+@pytest.mark.parametrize("mutual", ["peer", "ema"])
+def test_objective_terms_and_gradients(mutual):
+    from lmcl_fast import ops
+    from lmcl_fast.train.objective import compute_losses, crop_scores, image_quality
+
+    torch.manual_seed(3)
+    cfg = TrainConfig(arch="tiny", mutual=mutual, lambda_lmc=0.3, lambda_mutual=0.7, prior_weight=0.5)
+    B, N = 3, 4
+    a, b = build_model("tiny"), build_model("tiny")
+    crops = torch.randn(B * N, 3, 16, 16)
+    prior = torch.randn(B, N)
+    target = torch.randn(B)
+    out_a = a(crops)
+    out_b = b(crops) if mutual == "peer" else b(crops)._replace(z=b(crops).z.detach())
+    terms = compute_losses(cfg, out_a, out_b, prior, target)
+
+    score_a, score_b = crop_scores(out_a, prior, 0.5), crop_scores(out_b, prior, 0.5)
+    anchor = (score_a + score_b).argmax(1)
+    za, zb = out_a.z.view(B, N, -1), out_b.z.view(B, N, -1)
+    kw = dict(tau=cfg.tau, intra_weight=cfg.intra_weight, manifold_weight=cfg.manifold_weight)
+    qa = F.smooth_l1_loss(image_quality(out_a, score_a, "mean"), target)
+    if mutual == "peer":
+        lmc = 0.5 * (ops.lmc_loss(za, anchor, zb, **kw) + ops.lmc_loss(zb, anchor, za, **kw))
+        quality = 0.5 * (qa + F.smooth_l1_loss(image_quality(out_b, score_b, "mean"), target))
+    else:
+        lmc, quality = ops.lmc_loss(za, anchor, zb, **kw), qa
+    tol = TOLERANCES[("lmc_loss", torch.float32)]
+    torch.testing.assert_close(terms.lmc, lmc, **tol)
+    torch.testing.assert_close(terms.quality, quality, **tol)
+    torch.testing.assert_close(terms.kl, symmetric_kl(score_a, score_b), **tol)
+    torch.testing.assert_close(terms.total, quality + 0.3 * lmc + 0.7 * terms.kl, **tol)
+
+    terms.total.backward()
+    assert all(p.grad is not None for p in a.parameters())
+    # Peer: both networks learn. EMA: the teacher's outputs carry no gradient for its embeddings.
+    assert (b.projection.net[0].weight.grad is not None) == (mutual == "peer")
+
+
+def test_saliency_pooling_weights_crops_by_score():
+    from lmcl_fast.models import CropOutputs
+    from lmcl_fast.train.objective import image_quality
+
+    q = torch.tensor([1.0, 3.0, 5.0, 7.0])
+    out = CropOutputs(torch.zeros(4, 2), torch.zeros(4), q)
+    scores = torch.tensor([[0.0, 0.0], [0.0, 50.0]])
+    torch.testing.assert_close(image_quality(out, scores, "mean"), torch.tensor([2.0, 6.0]))
+    torch.testing.assert_close(image_quality(out, scores, "saliency"), torch.tensor([2.0, 7.0]))
