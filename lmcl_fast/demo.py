@@ -12,7 +12,7 @@ from .train.config import TrainConfig
 # distortions the model must see); evaluation tiles each image with 4 x 4 such crops. Everything else is
 # the TrainConfig default. Sized to finish in under 10 minutes on a 2-core CPU.
 DEMO_CONFIG = dict(arch="tiny", crop_size=64, crop_scale_min=0.25, crop_scale_max=0.25, n_crops=4, batch_size=16,
-                   epochs=18, lr=1e-3, splits=1, num_workers=2, device="cpu", log_every=20, eval_grid=4,
+                   epochs=18, lr=2e-3, splits=1, num_workers=2, device="cpu", log_every=20, eval_grid=4,
                    eval_scale=0.25)
 DEMO_SYNTHETIC = dict(levels=5, seed=0, size=256)
 
