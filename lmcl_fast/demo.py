@@ -30,8 +30,9 @@ def find_photos(photos: str | None) -> str:
     for c in candidates:
         if os.path.isdir(c):
             return os.path.abspath(c)
-    raise SystemExit("lmcl demo: no pristine photos found (looked in " + ", ".join(os.path.abspath(c) for c in candidates)
-                     + "); pass --photos DIR with a folder of photos (PNG/JPEG/TIFF)")
+    looked = ", ".join(os.path.abspath(c) for c in candidates)
+    raise SystemExit(f"lmcl demo: no pristine photos found (looked in {looked}); "
+                     "pass --photos DIR with a folder of photos (PNG/JPEG/TIFF)")
 
 
 def run_demo(photos: str | None = None, out: str = "demo_out", device: str = "cpu", progress: bool = True,

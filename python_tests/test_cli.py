@@ -11,6 +11,7 @@ from lmcl_fast import demo
 from lmcl_fast.cli import main
 from lmcl_fast.train import ConfigMismatchError
 
+
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """The tiny CNN on 32-pixel crops is too small to split: on 2 cores OpenMP's fork/join costs more than
@@ -37,7 +38,8 @@ def cli_run(photos_dir, tmp_path_factory):
 
 
 def test_make_synthetic_prints_the_csv(cli_run, capsys, photos_dir, tmp_path):
-    assert main(["make-synthetic", photos_dir, str(tmp_path), "--levels", "1", "--max-images", "1", "--size", "32"]) == 0
+    args = ["make-synthetic", photos_dir, str(tmp_path), "--levels", "1", "--max-images", "1", "--size", "32"]
+    assert main(args) == 0
     assert capsys.readouterr().out.strip() == os.path.join(str(tmp_path), "labels.csv")
 
 

@@ -2,8 +2,17 @@
 import pytest
 import torch
 
-from lmcl_fast.models import (IQANet, ProjectionHead, QualityHead, SaliencyHead, TinyCNN, build_model,
-                              load_backbone_weights, resnet18, resnet50)
+from lmcl_fast.models import (
+    IQANet,
+    ProjectionHead,
+    QualityHead,
+    SaliencyHead,
+    TinyCNN,
+    build_model,
+    load_backbone_weights,
+    resnet18,
+    resnet50,
+)
 
 
 def _bn(prefix, c):

@@ -7,12 +7,12 @@ import shutil
 import pytest
 import torch
 
-from lmcl_testing import TOLERANCES
 from lmcl_fast.data import make_synthetic
 from lmcl_fast.train import ConfigMismatchError, NonFiniteLossError, TrainConfig, Trainer
 from lmcl_fast.train import checkpoint as ckpt_io
 from lmcl_fast.train import trainer as trainer_mod
 from lmcl_fast.train.run import train_splits
+from lmcl_testing import TOLERANCES
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -98,7 +98,8 @@ def test_resume_equals_uninterrupted(synthetic, tmp_path, mutual):
     assert [h["step"] for h in ha] == [h["step"] for h in hb]
     tol = TOLERANCES[("resume", torch.float32)]
     torch.testing.assert_close(torch.tensor([h["total"] for h in hb]), torch.tensor([h["total"] for h in ha]), **tol)
-    wa, wb = _weights(str(tmp_path / "a" / "split_00" / "last.pt")), _weights(str(tmp_path / "b" / "split_00" / "last.pt"))
+    wa = _weights(str(tmp_path / "a" / "split_00" / "last.pt"))
+    wb = _weights(str(tmp_path / "b" / "split_00" / "last.pt"))
     assert set(wa) == set(wb) == ({"a", "b"} if mutual == "peer" else {"a", "teacher"})
     for branch in wa:
         for k in wa[branch]:

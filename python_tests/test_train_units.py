@@ -10,8 +10,14 @@ import torch.nn.functional as F
 
 from lmcl_fast.models import build_model
 from lmcl_fast.train import checkpoint as ckpt_io
-from lmcl_fast.train.config import (SHAPE_FIELDS, ConfigMismatchError, TrainConfig, add_config_args,
-                                    check_compatible, config_from_args)
+from lmcl_fast.train.config import (
+    SHAPE_FIELDS,
+    ConfigMismatchError,
+    TrainConfig,
+    add_config_args,
+    check_compatible,
+    config_from_args,
+)
 from lmcl_fast.train.mutual import ema_update, prior_logits, symmetric_kl
 from lmcl_fast.train.pipeline import grid_boxes
 from lmcl_fast.train.schedule import make_scheduler, warmup_cosine

@@ -94,7 +94,8 @@ class Predictor:
         return results
 
 
-def evaluate(predictor: Predictor, dataset, indices, batch_size: int | None = None, num_workers: int | None = None) -> dict:
+def evaluate(predictor: Predictor, dataset, indices, batch_size: int | None = None,
+             num_workers: int | None = None) -> dict:
     """Predict dataset[indices] and compute the metrics (against the larger-is-better MOS)."""
     cfg = predictor.cfg
     loader = make_loader(dataset.subset([int(i) for i in indices]), batch_size or cfg.batch_size, shuffle=False,

@@ -30,7 +30,8 @@ class TrainConfig:
     split_seed: int = _f(0, "seed of the random splits")
     train_frac: float = _f(0.8, "fraction of reference contents in the training part of each split")
     num_workers: int = _f(2, "data loader worker processes")
-    decoder: str = _f("auto", "image decoder (auto: DALI on CUDA when installed, else Pillow)", ("auto", "pillow", "dali"))
+    decoder: str = _f("auto", "image decoder (auto: DALI on CUDA when installed, else Pillow)",
+                      ("auto", "pillow", "dali"))
     # model
     arch: str = _f("resnet18", "backbone", ("tiny", "resnet18", "resnet50"))
     weights: str = _f("", "torchvision-format ResNet state_dict file to initialise the backbone(s)")
@@ -59,7 +60,8 @@ class TrainConfig:
     kl_temperature: float = _f(1.0, "temperature of the softmax over crop saliency scores")
     prior_weight: float = _f(1.0, "weight of the spectral-residual saliency prior in the crop score")
     smoothl1_beta: float = _f(1.0, "SmoothL1 beta of the quality loss (normalised MOS units)")
-    pooling: str = _f("mean", "image score from crop scores: plain mean, or softmax(saliency)-weighted", ("mean", "saliency"))
+    pooling: str = _f("mean", "image score from crop scores: plain mean, or softmax(saliency)-weighted",
+                      ("mean", "saliency"))
     # optimisation
     epochs: int = _f(20, "training epochs per split")
     batch_size: int = _f(16, "images per batch (B; every image gives n_crops crops)")
@@ -68,7 +70,8 @@ class TrainConfig:
     warmup_frac: float = _f(0.05, "linear warmup as a fraction of all steps, then cosine decay")
     min_lr_ratio: float = _f(0.01, "final learning rate as a fraction of lr")
     grad_clip: float = _f(1.0, "max global gradient norm (0 disables clipping)")
-    amp: str = _f("auto", "mixed precision: auto = bf16 on CUDA devices that support it, else off", ("auto", "bf16", "fp16", "off"))
+    amp: str = _f("auto", "mixed precision: auto = bf16 on CUDA devices that support it, else off",
+                  ("auto", "bf16", "fp16", "off"))
     # run
     seed: int = _f(0, "seed of initialisation, data order and crops (same seed, same numbers on CPU)")
     device: str = _f("auto", "cpu, cuda, cuda:N or auto (cuda when available)")

@@ -52,7 +52,8 @@ def compute_losses(cfg: TrainConfig, out_a: CropOutputs, out_b: CropOutputs, pri
     lmc_kw = dict(tau=cfg.tau, intra_weight=cfg.intra_weight, manifold_weight=cfg.manifold_weight, group=group)
     quality_a = F.smooth_l1_loss(image_quality(out_a, score_a, cfg.pooling), target, beta=cfg.smoothl1_beta)
     if peer:
-        lmc = 0.5 * (ops.lmc_loss(z_a, anchor, z_b.detach(), **lmc_kw) + ops.lmc_loss(z_b, anchor, z_a.detach(), **lmc_kw))
+        lmc_a = ops.lmc_loss(z_a, anchor, z_b.detach(), **lmc_kw)
+        lmc = 0.5 * (lmc_a + ops.lmc_loss(z_b, anchor, z_a.detach(), **lmc_kw))
         quality_b = F.smooth_l1_loss(image_quality(out_b, score_b, cfg.pooling), target, beta=cfg.smoothl1_beta)
         quality = 0.5 * (quality_a + quality_b)
     else:

@@ -8,10 +8,10 @@ import sys
 from ..data import IQADataset
 from ..eval.metrics import random_splits
 from ..eval.runner import Predictor, evaluate, summarize_results, write_result
+from . import checkpoint as ckpt_io
 from .config import TrainConfig, check_compatible
 from .dist import DistContext
 from .trainer import Trainer
-from . import checkpoint as ckpt_io
 
 
 def _log(msg: str) -> None:
