@@ -1,0 +1,172 @@
+"""The `lmcl` command line: make-synthetic, train, eval, predict, bench, demo (`lmcl <cmd> -h`)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def _cmd_make_synthetic(args) -> int:
+    from .data import make_synthetic
+
+    path = make_synthetic(args.src, args.out, levels=args.levels, seed=args.seed, max_images=args.max_images,
+                          size=args.size)
+    print(path)
+    return 0
+
+
+def _train_config(args):
+    from .train.config import TrainConfig, config_from_args
+
+    base = TrainConfig.from_json(args.config) if args.config else None
+    if base is None and args.resume:
+        # Resuming: start from the run's own config; options given on the command line override it
+        # (the model-shaping ones must still match the checkpoints, see SHAPE_FIELDS).
+        out_dir = getattr(args, "out_dir", TrainConfig().out_dir)
+        saved = os.path.join(out_dir, "config.json")
+        if not os.path.isfile(saved):
+            raise SystemExit(f"lmcl train: --resume: no {saved} (nothing to resume in --out-dir {out_dir})")
+        base = TrainConfig.from_json(saved)
+    return config_from_args(args, base)
+
+
+def _cmd_train(args) -> int:
+    from .train.dist import DistContext
+    from .train.run import train_splits
+
+    cfg = _train_config(args)
+    if not cfg.root or not cfg.csv:
+        raise SystemExit("lmcl train: --root and --csv are required (or --config FILE / --resume)")
+    summary = train_splits(cfg, resume=args.resume, max_epochs=args.stop_after, dist=DistContext.from_env(),
+                           progress=not args.no_progress)
+    if summary is not None:
+        print(summary["table"])
+        print(f"results: {os.path.join(cfg.out_dir, 'metrics.json')}")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from .eval.runner import evaluate_checkpoint, split_checkpoints, summarize_results, write_result
+
+    paths = split_checkpoints(args.path) if os.path.isdir(args.path) else [args.path]
+    if not paths:
+        raise SystemExit(f"lmcl eval: no split_*/last.pt checkpoints under {args.path}")
+    results = []
+    for p in paths:
+        res = evaluate_checkpoint(p, args.device, args.root, args.csv, args.lower_is_better, args.num_workers)
+        m = res["metrics"]
+        print(f"{p}: SRCC {m['srcc']:.4f}  PLCC {m['plcc']:.4f}  ({m['n']} images)", file=sys.stderr)
+        results.append(res)
+    out = args.out or (args.path if os.path.isdir(args.path) else os.path.join(os.path.dirname(args.path), "eval"))
+    if len(results) == 1 and not os.path.isdir(args.path):
+        write_result(out, results[0], os.path.basename(args.path))
+        print(json.dumps(results[0]["metrics"], indent=2))
+    else:
+        print(summarize_results(out, results, os.path.basename(os.path.normpath(args.path)))["table"])
+    print(f"results: {os.path.join(out, 'metrics.json')}")
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from .eval.runner import Predictor
+
+    predictor, _ = Predictor.from_checkpoint(args.checkpoint, args.device)
+    failed = 0
+    for path, score, err in predictor.predict_files(args.images):
+        if err is None:
+            print(f"{score:.4f}\t{path}")
+        else:
+            failed += 1
+            print(f"lmcl predict: cannot read {path}: {err}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _cmd_bench(args) -> int:
+    from .bench_quick import run_quick_bench
+
+    print(run_quick_bench(args.device, args.repeats))
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(photos=args.photos, out=args.out, device=args.device, progress=not args.no_progress,
+             max_images=args.max_images, epochs=args.epochs, threads=args.threads)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .train.config import add_config_args
+
+    p = argparse.ArgumentParser(prog="lmcl", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("make-synthetic", help="make a labelled synthetic IQA set from pristine photos")
+    s.add_argument("src", help="folder of pristine photos (searched recursively)")
+    s.add_argument("out", help="output folder (images + CSV)")
+    s.add_argument("--levels", type=int, default=5, help="distortion levels per type (default 5)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--max-images", type=int, default=None, help="use at most this many photos")
+    s.add_argument("--size", type=int, default=None, help="resize the photos to this side first")
+    s.set_defaults(func=_cmd_make_synthetic)
+
+    s = sub.add_parser("train", help="train (and evaluate) on K content-aware splits",
+                       description="Train on --splits K random content-aware splits of --root/--csv, evaluate "
+                                   "each on its test part and report the median and spread. Writes "
+                                   "OUT_DIR/config.json, OUT_DIR/split_XX/{config.json,last.pt,metrics.json,...} "
+                                   "and OUT_DIR/{metrics.json,scatter.png}.")
+    s.add_argument("--config", help="JSON config file (as written next to the checkpoints) to start from")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the run in --out-dir from its split_XX/last.pt checkpoints")
+    s.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
+                   help="stop after this many epochs in this invocation (resume later with --resume)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_config_args(s)
+    s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("eval", help="evaluate a checkpoint (its own test split) or a run folder (all splits)")
+    s.add_argument("path", help="a checkpoint (split_XX/last.pt) or a run folder with split_XX/ folders")
+    s.add_argument("--root", help="evaluate on this dataset instead (with --csv): all of its images")
+    s.add_argument("--csv")
+    s.add_argument("--lower-is-better", action="store_true", default=None)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--num-workers", type=int, default=None)
+    s.add_argument("--out", help="where to write metrics.json / scatter.png (default: the run folder, or "
+                                 "eval/ next to the checkpoint)")
+    s.set_defaults(func=_cmd_eval)
+
+    s = sub.add_parser("predict", help="print a predicted quality score per image")
+    s.add_argument("images", nargs="+")
+    s.add_argument("--checkpoint", required=True, help="a split_XX/last.pt checkpoint")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=_cmd_predict)
+
+    s = sub.add_parser("bench", help="quick timing of the ops and of one training step (no data needed)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--repeats", type=int, default=5)
+    s.set_defaults(func=_cmd_bench)
+
+    s = sub.add_parser("demo", help="synthetic set from photos -> train a small model -> evaluate (CPU, minutes)")
+    s.add_argument("--photos", default=None, help="pristine photos (default: ../shared/data/photos, then the "
+                                                  "same path relative to the repository root)")
+    s.add_argument("--out", default="demo_out")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--max-images", type=int, default=None, help="use at most this many photos (default: all)")
+    s.add_argument("--epochs", type=int, default=None, help="override the demo's epoch count")
+    s.add_argument("--threads", type=int, default=1, help="torch CPU threads for training (default 1: the "
+                                                          "other core decodes images)")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    start = time.time()
+    rc = args.func(args)
+    if args.command in ("train", "demo"):
+        print(f"lmcl {args.command}: {time.time() - start:.0f} s", file=sys.stderr)
+    return rc

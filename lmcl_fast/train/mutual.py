@@ -1,0 +1,34 @@
+"""Mutual learning between the two branches: crop scores, the symmetric KL, and the EMA update."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def prior_logits(crop_sal: torch.Tensor) -> torch.Tensor:
+    """Scale-free prior from the crops' mean spectral-residual saliency [B, N]: log of each crop's value
+    relative to the image's mean crop value (a map's overall magnitude varies a lot between images)."""
+    s = crop_sal.float().clamp_min(0)
+    eps = 1e-6 * s.mean(dim=1, keepdim=True) + 1e-12
+    logs = torch.log(s + eps)
+    return logs - logs.mean(dim=1, keepdim=True)
+
+
+def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """0.5 * (KL(p_a || p_b) + KL(p_b || p_a)) of the softmaxes over crops (dim 1), batch mean."""
+    la = F.log_softmax(logits_a.float() / temperature, dim=1)
+    lb = F.log_softmax(logits_b.float() / temperature, dim=1)
+    kl_ab = (la.exp() * (la - lb)).sum(1)
+    kl_ba = (lb.exp() * (lb - la)).sum(1)
+    return 0.5 * (kl_ab + kl_ba).mean()
+
+
+@torch.no_grad()
+def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, momentum: float) -> None:
+    """teacher <- momentum * teacher + (1 - momentum) * student for parameters; buffers (BN statistics)
+    are copied."""
+    t_params = list(teacher.parameters())
+    s_params = [p.detach() for p in student.parameters()]
+    torch._foreach_lerp_(t_params, s_params, 1.0 - momentum)
+    for tb, sb in zip(teacher.buffers(), student.buffers()):
+        tb.copy_(sb)

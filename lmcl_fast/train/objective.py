@@ -1,0 +1,63 @@
+"""The training objective of one step, given both branches' per-crop outputs:
+
+    SmoothL1(quality, normalised MOS) + lambda_lmc * lmc_loss + lambda_mutual * symmetric KL
+
+Peer mode: both branches are trained; each branch's embeddings are the queries of one lmc_loss with the
+other (detached) branch as teacher, and the quality terms are averaged. EMA mode: only the student
+(branch a) is trained; the teacher's outputs arrive without gradients."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .. import ops
+from ..models import CropOutputs
+from .config import TrainConfig
+from .mutual import symmetric_kl
+
+
+class LossTerms(NamedTuple):
+    total: torch.Tensor
+    quality: torch.Tensor
+    lmc: torch.Tensor
+    kl: torch.Tensor
+
+
+def crop_scores(out: CropOutputs, prior: torch.Tensor, prior_weight: float) -> torch.Tensor:
+    """Saliency score of each crop [B, N]: the spectral-residual prior plus the learned head's logit."""
+    return prior_weight * prior + out.saliency.float().view_as(prior)
+
+
+def image_quality(out: CropOutputs, scores: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Image score [B] from the crops' quality: plain mean, or weighted by softmax(saliency score)."""
+    q = out.quality.float().view_as(scores)
+    if pooling == "saliency":
+        return (torch.softmax(scores, dim=1) * q).sum(dim=1)
+    return q.mean(dim=1)
+
+
+def compute_losses(cfg: TrainConfig, out_a: CropOutputs, out_b: CropOutputs, prior: torch.Tensor,
+                   target: torch.Tensor, group=None) -> LossTerms:
+    B, N = prior.shape
+    peer = cfg.mutual == "peer"
+    score_a = crop_scores(out_a, prior, cfg.prior_weight)
+    score_b = crop_scores(out_b, prior, cfg.prior_weight)
+    anchor = ops.select_anchor((0.5 * (score_a + score_b)).detach())
+    kl = symmetric_kl(score_a, score_b, cfg.kl_temperature)
+
+    z_a = out_a.z.view(B, N, -1)
+    z_b = out_b.z.view(B, N, -1)
+    lmc_kw = dict(tau=cfg.tau, intra_weight=cfg.intra_weight, manifold_weight=cfg.manifold_weight, group=group)
+    quality_a = F.smooth_l1_loss(image_quality(out_a, score_a, cfg.pooling), target, beta=cfg.smoothl1_beta)
+    if peer:
+        lmc_a = ops.lmc_loss(z_a, anchor, z_b.detach(), **lmc_kw)
+        lmc = 0.5 * (lmc_a + ops.lmc_loss(z_b, anchor, z_a.detach(), **lmc_kw))
+        quality_b = F.smooth_l1_loss(image_quality(out_b, score_b, cfg.pooling), target, beta=cfg.smoothl1_beta)
+        quality = 0.5 * (quality_a + quality_b)
+    else:
+        lmc = ops.lmc_loss(z_a, anchor, z_b.detach(), **lmc_kw)
+        quality = quality_a
+    total = quality + cfg.lambda_lmc * lmc + cfg.lambda_mutual * kl
+    return LossTerms(total, quality, lmc.float(), kl)

@@ -1,0 +1,62 @@
+"""From a decoded batch to the network input: crop boxes, fused crops (multi_crop) and the saliency prior
+(crop_saliency of the spectral-residual map). Shared by training, evaluation and prediction."""
+from __future__ import annotations
+
+import torch
+
+from .. import ops
+from .config import TrainConfig
+from .mutual import prior_logits
+
+
+def grid_boxes(heights: torch.Tensor, widths: torch.Tensor, grid: int, scale: float, min_size: int) -> torch.Tensor:
+    """Deterministic evaluation boxes: a grid x grid lattice of square boxes of side
+    round(scale * min(h, w)) (clipped to [min_size, min(h, w)]), spread evenly from corner to corner
+    (one centred box for grid = 1). int64 [B, grid*grid, 4] of (top, left, height, width)."""
+    B = heights.shape[0]
+    m = torch.minimum(heights, widths).long()
+    side = torch.round(scale * m.double()).long().clamp_min(min_size)
+    side = torch.minimum(side, m)
+    if grid == 1:
+        frac = torch.full((1,), 0.5, dtype=torch.float64)
+    else:
+        frac = torch.linspace(0.0, 1.0, grid, dtype=torch.float64)
+    tops = torch.round(frac[None, :] * (heights - side)[:, None].double()).long()
+    lefts = torch.round(frac[None, :] * (widths - side)[:, None].double()).long()
+    top = tops[:, :, None].expand(B, grid, grid).reshape(B, grid * grid)
+    left = lefts[:, None, :].expand(B, grid, grid).reshape(B, grid * grid)
+    s = side[:, None].expand(B, grid * grid)
+    return torch.stack([top, left, s, s], dim=-1)
+
+
+class CropPipeline:
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        self.cfg = cfg
+        self.device = device
+
+    def _crops(self, images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor | None):
+        cfg = self.cfg
+        boxes = boxes.to(self.device, non_blocking=True)
+        crops = ops.multi_crop(images, boxes, cfg.crop_size, mean=cfg.mean, std=cfg.std, flip=flip)
+        # The map is computed on the padded batch; boxes lie inside each image's valid region.
+        prior = prior_logits(ops.crop_saliency(ops.spectral_residual(images), boxes))
+        return crops, prior
+
+    def train_crops(self, images, heights, widths, generator: torch.Generator):
+        """Random multi-scale boxes (and flips) drawn from `generator` (a CPU generator: same seed, same
+        crops on every device). Returns crops [B, N, 3, S, S] and prior logits [B, N]."""
+        cfg = self.cfg
+        # Box sampling runs on the host (sample_boxes validates the sizes there); the sizes are tiny, but
+        # a loader that put them on the GPU costs one small device-to-host copy here.
+        heights, widths = heights.cpu(), widths.cpu()
+        boxes = ops.sample_boxes(heights, widths, cfg.n_crops, scales=(cfg.crop_scale_min, cfg.crop_scale_max),
+                                 min_size=cfg.min_crop, generator=generator)
+        flip = None
+        if cfg.hflip:
+            flip = (torch.rand(boxes.shape[:2], generator=generator) < 0.5).to(self.device, non_blocking=True)
+        return self._crops(images, boxes, flip)
+
+    def eval_crops(self, images, heights, widths):
+        cfg = self.cfg
+        heights, widths = heights.cpu(), widths.cpu()
+        return self._crops(images, grid_boxes(heights, widths, cfg.eval_grid, cfg.eval_scale, cfg.min_crop), None)

@@ -1,0 +1,62 @@
+"""K train/test runs (content-aware random splits), each trained then evaluated on its test part, and
+the summary over the splits (median and spread), as the IQA literature reports it."""
+from __future__ import annotations
+
+import os
+import sys
+
+from ..data import IQADataset
+from ..eval.metrics import random_splits
+from ..eval.runner import Predictor, evaluate, summarize_results, write_result
+from . import checkpoint as ckpt_io
+from .config import TrainConfig, check_compatible
+from .dist import DistContext
+from .trainer import Trainer
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def train_splits(cfg: TrainConfig, resume: bool = False, max_epochs: int | None = None,
+                 dist: DistContext | None = None, progress: bool = True) -> dict | None:
+    """Train and evaluate every split under cfg.out_dir/split_XX. With `resume`, each split continues from
+    its last.pt (finished splits are only re-evaluated). `max_epochs` bounds the epochs trained in this
+    call (over all splits); returns None when it stops the run early, else the summary (see
+    eval.runner.summarize_results)."""
+    dist = dist or DistContext()
+    dataset = IQADataset(cfg.root, cfg.csv, lower_is_better=cfg.lower_is_better)
+    splits = random_splits(dataset.group_keys(), k=cfg.splits, train_frac=cfg.train_frac, seed=cfg.split_seed)
+    ckpts = [os.path.join(cfg.out_dir, f"split_{i:02d}", "last.pt") for i in range(len(splits))]
+    for ckpt in ckpts:
+        # Refuse before writing anything: resuming needs the same model, and a fresh run must not
+        # silently overwrite another model's checkpoints.
+        if os.path.exists(ckpt):
+            check_compatible(cfg, ckpt_io.load(ckpt)["config"], f"existing checkpoint {ckpt}")
+    if dist.is_main:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        cfg.to_json(os.path.join(cfg.out_dir, "config.json"))
+    results, budget = [], max_epochs
+    for i, ((train_idx, test_idx), ckpt) in enumerate(zip(splits, ckpts)):
+        run_dir = os.path.dirname(ckpt)
+        trainer = Trainer(cfg, dataset, train_idx, test_idx, run_dir, split_index=i, dist=dist,
+                          resume=ckpt if resume and os.path.exists(ckpt) else None, progress=progress)
+        ran = trainer.fit(budget)
+        if budget is not None:
+            budget -= ran
+        if not trainer.finished:
+            _log(f"train: stopped after epoch {trainer.epoch} of split {i} (checkpoint {ckpt}); resume with --resume")
+            return None
+        predictor = Predictor(cfg, trainer.branches(), trainer.mos_mean, trainer.mos_std, trainer.device)
+        result = evaluate(predictor, dataset, test_idx)
+        result["skipped"] = sorted(set(result["skipped"]) | set(trainer.skipped))
+        if dist.is_main:
+            write_result(run_dir, result, f"split {i}")
+            m = result["metrics"]
+            _log(f"split {i}: SRCC {m['srcc']:.4f}  PLCC {m['plcc']:.4f}  ({m['n']} test images)")
+        results.append(result)
+    summary = summarize_results(cfg.out_dir, results, os.path.basename(os.path.normpath(cfg.out_dir)),
+                                write=dist.is_main)
+    if summary["skipped"]:
+        _log(f"train: skipped {len(summary['skipped'])} unreadable image(s): {', '.join(summary['skipped'])}")
+    return summary
