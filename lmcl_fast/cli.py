@@ -173,3 +173,7 @@ def main(argv: list | None = None) -> int:
     if args.command in ("train", "demo") and os.environ.get("RANK", "0") == "0":
         print(f"lmcl {args.command}: {time.time() - start:.0f} s", file=sys.stderr)
     return rc
+
+
+if __name__ == "__main__":  # python -m lmcl_fast.cli (as torchrun -m runs it)
+    sys.exit(main())

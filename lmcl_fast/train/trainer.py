@@ -156,7 +156,7 @@ class Trainer:
             for k in trainable_names(self.models):
                 self.nets[k] = DistributedDataParallel(
                     self.models[k], device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                    process_group=self.dist.group, broadcast_buffers=self.batch_norm == "local")
+                    process_group=self.dist.group, forward_sync_buffers=self.batch_norm == "local")
             if not resume:
                 seed_everything(cfg.seed + self.dist.rank)  # own random streams per rank from here on
         if self.dist.is_main:
