@@ -56,7 +56,9 @@ def init_distributed(device: str) -> DistContext:
         on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
         if on_cuda:
             torch.cuda.set_device(local_rank)
-        tdist.init_process_group("nccl" if on_cuda else "gloo")
+            tdist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+        else:
+            tdist.init_process_group("gloo")
     return DistContext.from_env()
 
 
