@@ -206,8 +206,7 @@ class Trainer:
         rng = gather_objects(ckpt_io.rng_state(), self.dist)
         if self.dist.is_main:
             ckpt_io.save_atomic(self.state(rng), self.ckpt_path)
-        self._last_good = (f"after epoch {self.epoch}" if not self.batch_in_epoch
-                           else f"at step {self.step}, in epoch {self.epoch + 1}")
+        self._last_good = self._position()
 
     def _load(self, path: str) -> None:
         ck = ckpt_io.load(path, self.cfg)
@@ -233,8 +232,11 @@ class Trainer:
                 f"--nproc_per_node={saved_world} on one machine) or start a new --out-dir")
         if self.dist.rank < len(ck["rng"]):  # a finished run re-evaluated on more ranks needs none
             ckpt_io.set_rng_state(ck["rng"][self.dist.rank])
-        self._last_good = (f"after epoch {self.epoch}" if not self.batch_in_epoch
-                           else f"at step {self.step}, in epoch {self.epoch + 1}")
+        self._last_good = self._position()
+
+    def _position(self) -> str:
+        return (f"after epoch {self.epoch}" if not self.batch_in_epoch
+                else f"at step {self.step}, in epoch {self.epoch + 1}")
 
     # ------------------------------------------------------------------------------------------- training
     @property
