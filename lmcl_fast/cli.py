@@ -99,7 +99,7 @@ def _cmd_demo(args) -> int:
     from .demo import run_demo
 
     run_demo(photos=args.photos, out=args.out, device=args.device, progress=not args.no_progress,
-             max_images=args.max_images, epochs=args.epochs)
+             max_images=args.max_images, epochs=args.epochs, threads=args.threads)
     return 0
 
 
@@ -161,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--max-images", type=int, default=None, help="use at most this many photos (default: all)")
     s.add_argument("--epochs", type=int, default=None, help="override the demo's epoch count")
+    s.add_argument("--threads", type=int, default=1, help="torch CPU threads for training (default 1: the "
+                                                          "other core decodes images)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cmd_demo)
     return p

@@ -35,7 +35,21 @@ def find_photos(photos: str | None) -> str:
 
 
 def run_demo(photos: str | None = None, out: str = "demo_out", device: str = "cpu", progress: bool = True,
-             max_images: int | None = None, epochs: int | None = None) -> dict:
+             max_images: int | None = None, epochs: int | None = None, threads: int = 1) -> dict:
+    """`threads`: torch CPU threads of the training process. One by default: the tiny model's steps are
+    too small to split (on a busy 2-core machine two OpenMP threads measured many times slower), and the
+    other core is left to the two image-decoding workers."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _run_demo(photos, out, device, progress, max_images, epochs)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_demo(photos, out, device, progress, max_images, epochs) -> dict:
     from .data import make_synthetic
     from .train.run import train_splits
 

@@ -13,22 +13,25 @@ from torch import nn
 
 
 def _gaussian_kernel(size: int = 7, sigma: float = 7 / 6, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Normalised 2-D Gaussian window [1, 1, size, size]."""
     x = torch.arange(size, dtype=dtype) - (size - 1) / 2
     k = torch.exp(-x * x / (2 * sigma * sigma))
     k = k / k.sum()
     return (k[:, None] * k[None, :])[None, None]
 
 
-def mscn(x: torch.Tensor, kernel: torch.Tensor, c: float = 0.05) -> torch.Tensor:
+def mscn(x: torch.Tensor, window: torch.Tensor, c: float = 0.05) -> torch.Tensor:
     """[M, C, H, W] -> [M, 1, H, W]: (g - mu) / (sigma + c) of the channel mean g, with the local mean mu
-    and deviation sigma from a Gaussian window (7 x 7, sigma 7/6, as BRISQUE)."""
+    and deviation sigma from a Gaussian window (7 x 7, sigma 7/6, as BRISQUE); edges replicated.
+
+    Two plain 2-D convolutions: on the CPU they measured faster than a separable or a grouped form."""
     g = x.mean(dim=1, keepdim=True)
     # Centred per crop first (same result): E[g^2] - mu^2 then cancels less in float32.
     g = g - g.mean(dim=(2, 3), keepdim=True)
-    pad = kernel.shape[-1] // 2
+    pad = window.shape[-1] // 2
     gp = F.pad(g, (pad, pad, pad, pad), mode="replicate")
-    mu = F.conv2d(gp, kernel)
-    var = (F.conv2d(gp * gp, kernel) - mu * mu).clamp_min(0)
+    mu = F.conv2d(gp, window)
+    var = (F.conv2d(gp * gp, window) - mu * mu).clamp_min(0)
     return (g - mu) / (var.sqrt() + c)
 
 

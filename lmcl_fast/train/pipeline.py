@@ -48,6 +48,9 @@ class CropPipeline:
         processes crops exactly as one process with a K times larger batch. Returns crops [B, N, 3, S, S]
         and prior logits [B, N]."""
         cfg = self.cfg
+        # Box sampling runs on the host (sample_boxes validates the sizes there); the sizes are tiny, but
+        # a loader that put them on the GPU costs one small device-to-host copy here.
+        heights, widths = heights.cpu(), widths.cpu()
         boxes, flips = [], []
         for b, seed in enumerate(seeds):
             g = torch.Generator().manual_seed(int(seed))
@@ -61,4 +64,5 @@ class CropPipeline:
 
     def eval_crops(self, images, heights, widths):
         cfg = self.cfg
+        heights, widths = heights.cpu(), widths.cpu()
         return self._crops(images, grid_boxes(heights, widths, cfg.eval_grid, cfg.eval_scale, cfg.min_crop), None)
