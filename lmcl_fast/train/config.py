@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -82,9 +83,12 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def to_json(self, path: str) -> None:
-        with open(path, "w") as fh:
+        # Temporary file, then rename: other ranks of a resumed torchrun launch read it meanwhile.
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as fh:
             json.dump(self.to_dict(), fh, indent=2, sort_keys=True)
             fh.write("\n")
+        os.replace(tmp, path)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
