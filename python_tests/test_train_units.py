@@ -130,8 +130,9 @@ def test_ema_update():
     s = student.state_dict()
     for name, p in teacher.named_parameters():
         torch.testing.assert_close(p, 0.9 * before[name] + 0.1 * s[name])
+    s_buffers = dict(student.named_buffers())
     for name, b in teacher.named_buffers():
-        assert torch.equal(b, s[name])
+        assert torch.equal(b, s_buffers[name])
 
 
 def test_prior_logits_scale_free_and_centred():
