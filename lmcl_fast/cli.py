@@ -33,15 +33,20 @@ def _train_config(args):
 
 
 def _cmd_train(args) -> int:
-    from .train.dist import DistContext
+    from .train.dist import init_distributed, shutdown
     from .train.run import train_splits
 
     cfg = _train_config(args)
     if not cfg.root or not cfg.csv:
         raise SystemExit("lmcl train: --root and --csv are required (or --config FILE / --resume)")
-    summary = train_splits(cfg, resume=args.resume, max_epochs=args.stop_after, dist=DistContext.from_env(),
-                           progress=not args.no_progress)
-    if summary is not None:
+    # Under torchrun (WORLD_SIZE > 1): one process per device, DDP over the default process group.
+    dist = init_distributed(cfg.device)
+    try:
+        summary = train_splits(cfg, resume=args.resume, max_epochs=args.stop_after, dist=dist,
+                               progress=not args.no_progress)
+    finally:
+        shutdown()
+    if summary is not None and dist.is_main:
         print(summary["table"])
         print(f"results: {os.path.join(cfg.out_dir, 'metrics.json')}")
     return 0
@@ -167,6 +172,10 @@ def main(argv: list | None = None) -> int:
     args = build_parser().parse_args(argv)
     start = time.time()
     rc = args.func(args)
-    if args.command in ("train", "demo"):
+    if args.command in ("train", "demo") and os.environ.get("RANK", "0") == "0":
         print(f"lmcl {args.command}: {time.time() - start:.0f} s", file=sys.stderr)
     return rc
+
+
+if __name__ == "__main__":  # python -m lmcl_fast.cli (as torchrun -m runs it)
+    sys.exit(main())

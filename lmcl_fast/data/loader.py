@@ -7,6 +7,7 @@ trainer sees identical batches whichever decoder runs.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 
@@ -36,6 +37,16 @@ def _batch_to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+class _ShardSampler(DistributedSampler):
+    """DistributedSampler that can start an epoch part-way (a resume from a mid-epoch checkpoint): it
+    yields the rank's rows from position `start` on, without decoding the rows before it."""
+
+    start = 0
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.start, None)
+
+
 class _Loader:
     """Shared sampler, length and epoch logic of both decoders."""
 
@@ -44,15 +55,20 @@ class _Loader:
         self.batch_size = batch_size
         self.device = device
         self.drop_last = drop_last
-        self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle,
-                                          seed=seed, drop_last=False)
+        self.sampler = _ShardSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle,
+                                     seed=seed, drop_last=False)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Pick the epoch's shuffle (the permutation is seeded with seed + epoch, as DistributedSampler does)."""
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Pick the epoch's shuffle (the permutation is seeded with seed + epoch, as DistributedSampler does)
+        and skip its first `start_batch` batches."""
+        if not 0 <= int(start_batch) <= len(self):
+            raise ValueError(f"set_epoch: start_batch must lie in [0, {len(self)}], got {start_batch}")
         self.sampler.set_epoch(epoch)
+        self.sampler.start = int(start_batch) * self.batch_size
 
     def __len__(self) -> int:
-        n = len(self.sampler)
+        """Batches per full epoch on this rank."""
+        n = self.sampler.num_samples
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
 

@@ -9,7 +9,7 @@ import torch
 
 from .config import TrainConfig, check_compatible
 
-FORMAT = 1
+FORMAT = 2  # 2: per-rank RNG states, world_size, batch_in_epoch (mid-epoch checkpoints)
 
 
 def rng_state() -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -40,6 +41,9 @@ class TrainConfig:
     head_hidden: int = _f(128, "hidden width of the saliency and quality MLPs")
     mutual: str = _f("peer", "second branch: a peer network trained alongside, or an EMA teacher", ("peer", "ema"))
     ema_momentum: float = _f(0.996, "EMA teacher momentum (mutual=ema)")
+    batch_norm: str = _f("auto", "BatchNorm training: sync = SyncBatchNorm over the ranks (CUDA), local = each "
+                         "process's own batch, frozen = running statistics (no batch dependence); auto = sync "
+                         "under torchrun on CUDA, else local", ("auto", "sync", "local", "frozen"))
     # crops
     n_crops: int = _f(4, "crops per training image (N)")
     crop_size: int = _f(224, "side of the resampled crops (pixels)")
@@ -76,14 +80,18 @@ class TrainConfig:
     seed: int = _f(0, "seed of initialisation, data order and crops (same seed, same numbers on CPU)")
     device: str = _f("auto", "cpu, cuda, cuda:N or auto (cuda when available)")
     log_every: int = _f(10, "steps between reads of the on-device loss sums (log, non-finite check)")
+    save_every: int = _f(0, "steps between mid-epoch checkpoints (0: a checkpoint after every epoch only)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def to_json(self, path: str) -> None:
-        with open(path, "w") as fh:
+        # Temporary file, then rename: other ranks of a resumed torchrun launch read it meanwhile.
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as fh:
             json.dump(self.to_dict(), fh, indent=2, sort_keys=True)
             fh.write("\n")
+        os.replace(tmp, path)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -124,6 +132,8 @@ class TrainConfig:
         for name in ("splits", "epochs", "eval_grid", "log_every", "crop_size", "min_crop"):
             if getattr(self, name) < 1:
                 raise ValueError(f"config: {name} must be >= 1, got {getattr(self, name)}")
+        if self.save_every < 0:
+            raise ValueError(f"config: save_every must be >= 0, got {self.save_every}")
         return self
 
 

@@ -1,13 +1,17 @@
-"""Where the process sits in a (possibly distributed) run: the one place that knows rank and world size.
+"""Where the process sits in a (possibly distributed) run, and the few collectives the trainer needs.
 
-Single-process runs use the defaults. A torchrun launch sets RANK / WORLD_SIZE / LOCAL_RANK; `from_env`
-reads them (process-group setup and DDP wrapping belong to the distributed launcher)."""
+Single-process runs use the defaults. Under torchrun (RANK / WORLD_SIZE / LOCAL_RANK set), `init_distributed`
+initialises torch.distributed (NCCL on CUDA, gloo on CPU) and `from_env` describes the launch. Everything
+here is plain torch.distributed: DistributedDataParallel for the gradients, all-gathers for lmc_loss's keys,
+all-reduces for the logged losses."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as tdist
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 
 @dataclass(frozen=True)
@@ -15,12 +19,18 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    group: object = None  # torch.distributed process group handed to lmc_loss(group=...)
+    group: object = None  # torch.distributed process group handed to lmc_loss(group=...) and DDP
+    # gloo group for small host-side agreements (batch sizes, RNG states, names): no device sync under NCCL
+    host_group: object = None
 
     @property
     def is_main(self) -> bool:
         """Rank 0 writes checkpoints, logs and progress bars."""
         return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
 
     @classmethod
     def from_env(cls) -> "DistContext":
@@ -29,11 +39,32 @@ class DistContext:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world == 1:
             return cls()
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        if not (tdist.is_available() and tdist.is_initialized()):
             raise RuntimeError(f"distributed launch (WORLD_SIZE={world}) but no torch.distributed process group "
                                f"is initialised: call torch.distributed.init_process_group first")
-        return cls(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")),
-                   torch.distributed.group.WORLD)
+        group = tdist.group.WORLD
+        host = group if tdist.get_backend(group) == "gloo" else tdist.new_group(backend="gloo")
+        return cls(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")), group, host)
+
+
+def init_distributed(device: str) -> DistContext:
+    """Initialise the default process group of a torchrun launch (env:// rendezvous; NCCL when `device`
+    resolves to CUDA, gloo otherwise) and return its DistContext. A single-process launch returns the
+    default context and initialises nothing."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not tdist.is_initialized():
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        if on_cuda:
+            torch.cuda.set_device(local_rank)
+            tdist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+        else:
+            tdist.init_process_group("gloo")
+    return DistContext.from_env()
+
+
+def shutdown() -> None:
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()
 
 
 def resolve_device(name: str, dist: DistContext) -> torch.device:
@@ -45,3 +76,43 @@ def resolve_device(name: str, dist: DistContext) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device: {name} requested but torch.cuda.is_available() is False")
     return dev
+
+
+def min_over_ranks(value: int, dist: DistContext) -> int:
+    """The smallest of every rank's `value` (a host-side all-reduce over the gloo group)."""
+    if not dist.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MIN, group=dist.host_group)
+    return int(t[0])
+
+
+def gather_objects(obj, dist: DistContext) -> list:
+    """Every rank's `obj` (picklable), in rank order, on every rank."""
+    if not dist.distributed:
+        return [obj]
+    out = [None] * dist.world_size
+    tdist.all_gather_object(out, obj, group=dist.host_group)
+    return out
+
+
+def mean_over_ranks_(t: torch.Tensor, dist: DistContext) -> torch.Tensor:
+    """In place: the mean of `t` over the ranks (on the device group)."""
+    if dist.distributed:
+        tdist.all_reduce(t, op=tdist.ReduceOp.SUM, group=dist.group)
+        t /= dist.world_size
+    return t
+
+
+def broadcast_buffers_(module: torch.nn.Module, dist: DistContext, src: int = 0) -> None:
+    """Copy rank `src`'s buffers (e.g. BatchNorm running statistics) into every rank's `module`."""
+    if not dist.distributed:
+        return
+    by_dtype: dict = {}
+    for b in module.buffers():
+        by_dtype.setdefault(b.dtype, []).append(b)
+    for bufs in by_dtype.values():  # one broadcast per dtype, not per buffer
+        flat = _flatten_dense_tensors(bufs)
+        tdist.broadcast(flat, src=src, group=dist.group)
+        for b, v in zip(bufs, _unflatten_dense_tensors(flat, bufs)):
+            b.copy_(v)

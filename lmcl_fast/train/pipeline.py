@@ -42,19 +42,25 @@ class CropPipeline:
         prior = prior_logits(ops.crop_saliency(ops.spectral_residual(images), boxes))
         return crops, prior
 
-    def train_crops(self, images, heights, widths, generator: torch.Generator):
-        """Random multi-scale boxes (and flips) drawn from `generator` (a CPU generator: same seed, same
-        crops on every device). Returns crops [B, N, 3, S, S] and prior logits [B, N]."""
+    def train_crops(self, images, heights, widths, seeds):
+        """Random multi-scale boxes (and flips) of image b drawn from a CPU generator seeded with `seeds[b]`:
+        an image's crops depend on its seed only, not on the batch (or rank) it lands in, so a run on K
+        processes crops exactly as one process with a K times larger batch. Returns crops [B, N, 3, S, S]
+        and prior logits [B, N]."""
         cfg = self.cfg
         # Box sampling runs on the host (sample_boxes validates the sizes there); the sizes are tiny, but
         # a loader that put them on the GPU costs one small device-to-host copy here.
         heights, widths = heights.cpu(), widths.cpu()
-        boxes = ops.sample_boxes(heights, widths, cfg.n_crops, scales=(cfg.crop_scale_min, cfg.crop_scale_max),
-                                 min_size=cfg.min_crop, generator=generator)
-        flip = None
-        if cfg.hflip:
-            flip = (torch.rand(boxes.shape[:2], generator=generator) < 0.5).to(self.device, non_blocking=True)
-        return self._crops(images, boxes, flip)
+        boxes, flips = [], []
+        for b, seed in enumerate(seeds):
+            g = torch.Generator().manual_seed(int(seed))
+            boxes.append(ops.sample_boxes(heights[b:b + 1], widths[b:b + 1], cfg.n_crops,
+                                          scales=(cfg.crop_scale_min, cfg.crop_scale_max), min_size=cfg.min_crop,
+                                          generator=g))
+            if cfg.hflip:
+                flips.append(torch.rand((1, cfg.n_crops), generator=g) < 0.5)
+        flip = torch.cat(flips).to(self.device, non_blocking=True) if cfg.hflip else None
+        return self._crops(images, torch.cat(boxes), flip)
 
     def eval_crops(self, images, heights, widths):
         cfg = self.cfg

@@ -45,8 +45,11 @@ def train_splits(cfg: TrainConfig, resume: bool = False, max_epochs: int | None 
         if budget is not None:
             budget -= ran
         if not trainer.finished:
-            _log(f"train: stopped after epoch {trainer.epoch} of split {i} (checkpoint {ckpt}); resume with --resume")
+            if dist.is_main:
+                _log(f"train: stopped after epoch {trainer.epoch} of split {i} (checkpoint {ckpt}); "
+                     f"resume with --resume")
             return None
+        # Every rank evaluates (identical weights, identical result); rank 0 writes.
         predictor = Predictor(cfg, trainer.branches(), trainer.mos_mean, trainer.mos_std, trainer.device)
         result = evaluate(predictor, dataset, test_idx)
         result["skipped"] = sorted(set(result["skipped"]) | set(trainer.skipped))
@@ -57,6 +60,6 @@ def train_splits(cfg: TrainConfig, resume: bool = False, max_epochs: int | None 
         results.append(result)
     summary = summarize_results(cfg.out_dir, results, os.path.basename(os.path.normpath(cfg.out_dir)),
                                 write=dist.is_main)
-    if summary["skipped"]:
+    if summary["skipped"] and dist.is_main:
         _log(f"train: skipped {len(summary['skipped'])} unreadable image(s): {', '.join(summary['skipped'])}")
     return summary

@@ -16,7 +16,8 @@ from ..models import IQANet, build_model, load_backbone_weights
 from . import checkpoint as ckpt_io
 from .amp import amp_dtype, autocast
 from .config import ConfigMismatchError, TrainConfig
-from .dist import DistContext, resolve_device
+from .dist import (DistContext, broadcast_buffers_, gather_objects, mean_over_ranks_, min_over_ranks,
+                   resolve_device)
 from .mutual import ema_update
 from .objective import LossTerms, compute_losses
 from .pipeline import CropPipeline
@@ -35,9 +36,40 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def crop_seed(seed: int, epoch: int) -> int:
-    """Seed of the crop generator of an epoch: resuming at an epoch boundary redraws the same crops."""
-    return (seed * 1_000_003 + epoch * 7_919 + 17) % (2**63)
+def crop_seed(seed: int, epoch: int, index: int) -> int:
+    """Seed of the crops of training image `index` (its row in the training set) in `epoch`: an image gets
+    the same crops whichever batch or rank it lands in, and a resumed epoch redraws them."""
+    return (seed * 1_000_003 + epoch * 7_919 + index * 104_729 + 17) % (2**63)
+
+
+def batch_norm_mode(mode: str, device: torch.device, dist: DistContext) -> str:
+    """Resolve cfg.batch_norm: "auto" is SyncBatchNorm for multi-process CUDA runs, else per-process BN."""
+    if mode == "auto":
+        return "sync" if dist.distributed and device.type == "cuda" else "local"
+    if mode == "sync" and dist.distributed and device.type != "cuda":
+        raise ValueError(f"train: batch_norm=sync needs CUDA devices (torch's SyncBatchNorm has no {device.type} "
+                         f"implementation); use batch_norm=local or frozen")
+    return mode
+
+
+def common_batch(batch: dict, dist: DistContext) -> dict | None:
+    """The batch every rank trains on at this step. lmc_loss(group=...) needs the same B on every rank, and
+    every rank must enter the same collectives: after unreadable images were left out, each rank keeps the
+    first min-over-ranks(B) images; below 2 (lmc_loss's minimum) every rank skips the step (None)."""
+    n = batch["images"].shape[0]
+    b = min_over_ranks(n, dist)
+    if b < 2:
+        return None
+    if b == n:
+        return batch
+    tqdm.write(f"train: rank {dist.rank} leaves {', '.join(batch['names'][b:])} out of this step (another rank "
+               f"skipped unreadable images; every rank needs the same batch size {b})", file=sys.stderr)
+    return {k: v[:b] if isinstance(v, torch.Tensor) or k == "names" else v for k, v in batch.items()}
+
+
+def trainable_names(models: dict) -> list:
+    """The optimised branches: a and b (peer mode), or the student a alone (EMA mode)."""
+    return [k for k in ("a", "b") if k in models]
 
 
 def param_groups(models: list, weight_decay: float) -> list:
@@ -69,7 +101,7 @@ class Trainer:
         self.progress = progress and self.dist.is_main
         self.amp = amp_dtype(cfg.amp, self.device)
 
-        seed_everything(cfg.seed)
+        seed_everything(cfg.seed)  # the same initial weights on every rank
         self.models = {"a": self._build()}
         if cfg.mutual == "peer":
             self.models["b"] = self._build()
@@ -77,7 +109,7 @@ class Trainer:
             teacher = copy.deepcopy(self.models["a"])
             teacher.requires_grad_(False)
             self.models["teacher"] = teacher
-        trainable = [self.models[k] for k in ("a", "b") if k in self.models]
+        trainable = [self.models[k] for k in trainable_names(self.models)]
 
         mos = np.asarray(dataset.mos, dtype=np.float64)[self.train_idx]
         self.mos_mean = float(mos.mean())
@@ -88,8 +120,15 @@ class Trainer:
                                   rank=self.dist.rank, world_size=self.dist.world_size, drop_last=True)
         self.steps_per_epoch = len(self.loader)
         if self.steps_per_epoch == 0:
-            raise ValueError(f"train: batch_size {cfg.batch_size} is larger than this rank's share of the "
-                             f"{len(self.train_idx)} training images (batches are full: drop_last)")
+            W = self.dist.world_size
+            raise ValueError(f"train: the global batch ({W} process(es) x batch_size {cfg.batch_size} = "
+                             f"{W * cfg.batch_size} images) is larger than the {len(self.train_idx)} training "
+                             f"images (every rank needs one full batch per step): lower --batch-size"
+                             f"{' or launch fewer processes' if W > 1 else ''}")
+        self.batch_norm = batch_norm_mode(cfg.batch_norm, self.device, self.dist)
+        if self.batch_norm == "sync" and self.dist.distributed:
+            for k in trainable_names(self.models):
+                torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.models[k], self.dist.group)
         self.optimizer = torch.optim.AdamW(param_groups(trainable, cfg.weight_decay), lr=cfg.lr)
         self.scheduler = make_scheduler(self.optimizer, cfg.epochs * self.steps_per_epoch, cfg.warmup_frac,
                                         cfg.min_lr_ratio)
@@ -98,18 +137,34 @@ class Trainer:
         self.pipeline = CropPipeline(cfg, self.device)
 
         self.epoch = 0  # epochs completed
+        self.batch_in_epoch = 0  # batches of the current epoch consumed (mid-epoch checkpoints)
         self.step = 0  # optimizer steps taken
         self.history: list = []  # one entry per log read: mean losses since the previous one
         self.skipped: list = []  # names of unreadable images, in the order met
         self._sums = torch.zeros(len(LOSS_NAMES), device=self.device)
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         self._count = 0
-        self._last_good_epoch = None
+        self._last_good = None  # where the last checkpoint was written, for the non-finite message
         if resume:
             self._load(resume)
+        # The branches the step runs: DDP wrappers (gradients averaged over the ranks) of the same modules.
+        # DDP broadcasts rank 0's weights at construction, so every rank starts from the same state.
+        self.nets = dict(self.models)
+        if self.dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            for k in trainable_names(self.models):
+                self.nets[k] = DistributedDataParallel(
+                    self.models[k], device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                    process_group=self.dist.group, forward_sync_buffers=self.batch_norm == "local")
+            if not resume:
+                seed_everything(cfg.seed + self.dist.rank)  # own random streams per rank from here on
         if self.dist.is_main:
             os.makedirs(run_dir, exist_ok=True)
             cfg.to_json(os.path.join(run_dir, "config.json"))
+            # The log holds exactly the checkpoint's history: steps logged after it (a killed run) go.
+            with open(os.path.join(run_dir, "train_log.jsonl"), "w") as fh:
+                fh.writelines(json.dumps(entry) + "\n" for entry in self.history)
 
     def _build(self) -> IQANet:
         cfg = self.cfg
@@ -119,7 +174,8 @@ class Trainer:
         return model.to(self.device)
 
     # ---------------------------------------------------------------------------------------- checkpoints
-    def state(self) -> dict:
+    def state(self, rng: list) -> dict:
+        """Everything a resume needs; `rng` holds every rank's RNG states, in rank order."""
         return {
             "format": ckpt_io.FORMAT,
             "config": self.cfg.to_dict(),
@@ -129,7 +185,9 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "epoch": self.epoch,
-            "rng": ckpt_io.rng_state(),
+            "batch_in_epoch": self.batch_in_epoch,
+            "world_size": self.dist.world_size,
+            "rng": rng,
             "mos_stats": {"mean": self.mos_mean, "std": self.mos_std},
             "split": {"index": self.split_index, "train_idx": self.train_idx, "test_idx": self.test_idx,
                       "test_names": [self.dataset.names[i] for i in self.test_idx]},
@@ -138,9 +196,17 @@ class Trainer:
         }
 
     def save(self) -> None:
+        """Collective: every rank calls it at the same step; rank 0 writes."""
+        if self.batch_in_epoch:
+            self._read_logs()  # a mid-epoch checkpoint's history runs up to its own step
+        merged = []
+        for names in gather_objects(self.skipped, self.dist):
+            merged += [n for n in names if n not in merged]
+        self.skipped = merged
+        rng = gather_objects(ckpt_io.rng_state(), self.dist)
         if self.dist.is_main:
-            ckpt_io.save_atomic(self.state(), self.ckpt_path)
-        self._last_good_epoch = self.epoch
+            ckpt_io.save_atomic(self.state(rng), self.ckpt_path)
+        self._last_good = self._position()
 
     def _load(self, path: str) -> None:
         ck = ckpt_io.load(path, self.cfg)
@@ -153,11 +219,24 @@ class Trainer:
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
         self.scaler.load_state_dict(ck["scaler"])
-        self.step, self.epoch = ck["step"], ck["epoch"]
+        self.step, self.epoch, self.batch_in_epoch = ck["step"], ck["epoch"], ck["batch_in_epoch"]
         self.history, self.skipped = ck["history"], ck["skipped"]
         self.mos_mean, self.mos_std = ck["mos_stats"]["mean"], ck["mos_stats"]["std"]
-        ckpt_io.set_rng_state(ck["rng"])
-        self._last_good_epoch = self.epoch
+        saved_world = ck["world_size"]
+        if not self.finished and saved_world != self.dist.world_size:
+            # The global batch, the sharding and the per-rank RNG states all depend on the world size.
+            raise ConfigMismatchError(
+                f"checkpoint {path} was written by a run of {saved_world} process(es) (global batch "
+                f"{saved_world} x {ck['config']['batch_size']}) but this launch has world size "
+                f"{self.dist.world_size}: resume it with the same number of processes (torchrun "
+                f"--nproc_per_node={saved_world} on one machine) or start a new --out-dir")
+        if self.dist.rank < len(ck["rng"]):  # a finished run re-evaluated on more ranks needs none
+            ckpt_io.set_rng_state(ck["rng"][self.dist.rank])
+        self._last_good = self._position()
+
+    def _position(self) -> str:
+        return (f"after epoch {self.epoch}" if not self.batch_in_epoch
+                else f"at step {self.step}, in epoch {self.epoch + 1}")
 
     # ------------------------------------------------------------------------------------------- training
     @property
@@ -168,16 +247,17 @@ class Trainer:
         """Networks whose predictions are averaged at test time: both peers, or the EMA-mode student."""
         return [self.models[k] for k in ("a", "b") if k in self.models]
 
-    def train_step(self, batch: dict, generator: torch.Generator) -> None:
+    def train_step(self, batch: dict, seeds: list) -> None:
+        """One optimizer step on `batch`; `seeds[b]` seeds image b's crops (see crop_seed)."""
         cfg = self.cfg
         images = batch["images"].to(self.device, non_blocking=True)
-        crops, prior = self.pipeline.train_crops(images, batch["heights"], batch["widths"], generator)
+        crops, prior = self.pipeline.train_crops(images, batch["heights"], batch["widths"], seeds)
         target = (batch["mos"].to(self.device, non_blocking=True) - self.mos_mean) / self.mos_std
         flat = crops.flatten(0, 1)
         with autocast(self.device, self.amp):
-            out_a = self.models["a"](flat)
+            out_a = self.nets["a"](flat)
             if "b" in self.models:
-                out_b = self.models["b"](flat)
+                out_b = self.nets["b"](flat)
             else:
                 with torch.no_grad():
                     out_b = self.models["teacher"](flat)
@@ -191,7 +271,11 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         if "teacher" in self.models:
+            # Identical weights on every rank (DDP) give an identical EMA; per-process BatchNorm statistics
+            # do not, so the teacher takes rank 0's, as DDP's student does at its next forward.
             ema_update(self.models["teacher"], self.models["a"], cfg.ema_momentum)
+            if self.batch_norm == "local":
+                broadcast_buffers_(self.models["teacher"], self.dist)
         # On-device running sums: read (one host sync) every log_every steps, never per step.
         self._sums += torch.stack([t.detach().float() for t in losses])
         self._nonfinite |= ~torch.isfinite(losses.total.detach())
@@ -201,12 +285,15 @@ class Trainer:
     def _read_logs(self) -> None:
         if self._count == 0:
             return
-        sums = self._sums.tolist()
-        if bool(self._nonfinite):
-            if self._last_good_epoch is None:
+        # Mean over the ranks of each rank's mean loss = the loss of the global batch (equal B per rank);
+        # a non-finite value on any rank stops every rank at the same step.
+        packed = mean_over_ranks_(torch.cat([self._sums, self._nonfinite.float().view(1)]), self.dist).tolist()
+        sums, nonfinite = packed[:-1], packed[-1] != 0
+        if nonfinite:
+            if self._last_good is None:
                 kept = "no checkpoint was written yet"
             else:
-                kept = f"the last good checkpoint {self.ckpt_path} (after epoch {self._last_good_epoch}) is kept"
+                kept = f"the last good checkpoint {self.ckpt_path} ({self._last_good}) is kept"
             raise NonFiniteLossError(
                 f"train: non-finite loss (components since step {self.step - self._count + 1}: "
                 f"{dict(zip(LOSS_NAMES, sums))}) at or before step {self.step}, epoch {self.epoch + 1}; "
@@ -230,27 +317,36 @@ class Trainer:
             m.train()
         if "teacher" in self.models:
             self.models["teacher"].eval()
+        if self.batch_norm == "frozen":
+            for m in self.models.values():
+                for mod in m.modules():
+                    if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+                        mod.eval()
         ran = 0
         while not self.finished and (max_epochs is None or ran < max_epochs):
-            self.loader.set_epoch(self.epoch)
-            generator = torch.Generator().manual_seed(crop_seed(cfg.seed, self.epoch))
-            bar = tqdm(self.loader, total=self.steps_per_epoch, disable=not self.progress, file=sys.stderr,
+            self.loader.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
+            bar = tqdm(self.loader, total=self.steps_per_epoch, initial=self.batch_in_epoch,
+                       disable=not self.progress, file=sys.stderr,
                        desc=f"split {self.split_index} epoch {self.epoch + 1}/{cfg.epochs}", leave=False)
             for batch in bar:
+                self.batch_in_epoch += 1
                 for name in batch["skipped"]:
                     if name not in self.skipped:
                         self.skipped.append(name)
-                        if self.dist.is_main:
-                            tqdm.write(f"train: skipped unreadable image {name}", file=sys.stderr)
-                if batch["images"].shape[0] < 2:
+                        tqdm.write(f"train: skipped unreadable image {name}", file=sys.stderr)
+                batch = common_batch(batch, self.dist)
+                if batch is None:
                     continue  # lmc_loss needs B >= 2 (only after skipped images)
-                self.train_step(batch, generator)
+                self.train_step(batch, [crop_seed(cfg.seed, self.epoch, i) for i in batch["index"].tolist()])
                 if self.step % cfg.log_every == 0:
                     entry = self._read_logs()
                     bar.set_postfix(loss=f"{entry['total']:.4f}", lr=f"{entry['lr']:.2e}")
+                if cfg.save_every and self.step % cfg.save_every == 0 and self.batch_in_epoch < self.steps_per_epoch:
+                    self.save()
             bar.close()
             self._read_logs()
             self.epoch += 1
+            self.batch_in_epoch = 0
             ran += 1
             self.save()
         return ran
