@@ -19,6 +19,27 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module's tests: the tiny CNN on 32-pixel crops is too small to split, and on
+    2 cores OpenMP's fork/join costs more than it saves (the training tests ran 2x faster on one thread in the
+    sandbox); it is also the thread count of the torchrun workers (OMP_NUM_THREADS=1) in test_ddp."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def synthetic(photos_dir, tmp_path_factory):
+    """A small synthetic IQA set shared by the training tests (read-only: copy it to modify it):
+    4 contents x (pristine + 5 types x 2 levels) = 44 images of 64 x 64, as (root, csv path)."""
+    from lmcl_fast.data import make_synthetic
+
+    out = str(tmp_path_factory.mktemp("synthetic"))
+    return out, make_synthetic(photos_dir, out, levels=2, max_images=4, size=64)
+
+
 @pytest.fixture(scope="session")
 def photos_dir():
     if not os.path.isdir(PHOTOS):

@@ -5,21 +5,12 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from lmcl_fast import demo
 from lmcl_fast.cli import main
 from lmcl_fast.train import ConfigMismatchError
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny CNN on 32-pixel crops is too small to split: on 2 cores OpenMP's fork/join costs more than
-    it saves (these tests ran 2x faster on one thread in the sandbox)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TRAIN_FLAGS = ["--arch", "tiny", "--crop-size", "32", "--n-crops", "3", "--min-crop", "16", "--batch-size", "8",

@@ -16,13 +16,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lmcl_testing import ROOT, TOLERANCES
-from lmcl_fast.data import IQADataset, make_loader, make_synthetic
+from lmcl_fast.data import IQADataset, make_loader
 from lmcl_fast.eval.metrics import random_splits
 from lmcl_fast.train import ConfigMismatchError, TrainConfig, Trainer
 from lmcl_fast.train import checkpoint as ckpt_io
 from lmcl_fast.train.dist import DistContext
 from lmcl_fast.train.pipeline import CropPipeline
+from lmcl_testing import ROOT, TOLERANCES
 
 B = 4  # images per rank; the single-process reference uses 2 * B
 # 33 training images: 4 steps per epoch in both layouts (2 ranks x 17 rows // 4, 33 // 8).
@@ -34,20 +34,8 @@ FLAGS = ["--arch", "tiny", "--crop-size", "32", "--n-crops", "3", "--min-crop", 
          "--device", "cpu", "--seed", "0", "--batch-norm", "frozen", "--save-every", "2", "--no-progress"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Same thread count as the torchrun workers (OMP_NUM_THREADS=1): the reference is computed alike."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-@pytest.fixture(scope="module")
-def synthetic(photos_dir, tmp_path_factory):
-    """4 contents x (pristine + 5 types x 2 levels) = 44 images of 64 x 64: 3 contents train, 1 tests."""
-    out = str(tmp_path_factory.mktemp("synthetic"))
-    return out, make_synthetic(photos_dir, out, levels=2, max_images=4, size=64)
 
 
 def _free_port() -> int:

@@ -7,29 +7,14 @@ import shutil
 import pytest
 import torch
 
-from lmcl_fast.data import make_synthetic
 from lmcl_fast.train import ConfigMismatchError, NonFiniteLossError, TrainConfig, Trainer
 from lmcl_fast.train import checkpoint as ckpt_io
 from lmcl_fast.train import trainer as trainer_mod
 from lmcl_fast.train.run import train_splits
 from lmcl_testing import TOLERANCES
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tiny CNN on 32-pixel crops is too small to split: on 2 cores OpenMP's fork/join costs more than
-    it saves (these tests ran 2x faster on one thread in the sandbox)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def synthetic(photos_dir, tmp_path_factory):
-    """4 contents x (pristine + 5 types x 2 levels) = 44 images of 64 x 64: 3 contents train, 1 tests."""
-    out = tmp_path_factory.mktemp("synthetic")
-    return str(out), make_synthetic(photos_dir, str(out), levels=2, max_images=4, size=64)
 
 
 def tiny_config(synthetic, out_dir, **kw) -> TrainConfig:
