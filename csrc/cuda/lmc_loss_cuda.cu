@@ -31,10 +31,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lmc_loss_cuda(
   const c10::cuda::CUDAGuard guard(z.device());
   lmc::GridPasses<CudaLauncher> passes;
   const lmc::LmcOptions o{key_offset, tau, intra_weight, manifold_weight, key_tile};
-  if (lmc::acc_type_of(z) == at::kDouble) {
-    return lmc::lmc_loss_forward_tiled<double>(passes, z, anchor_idx, z_keys, teacher_keys, o);
-  }
-  return lmc::lmc_loss_forward_tiled<float>(passes, z, anchor_idx, z_keys, teacher_keys, o);
+  return lmc::lmc_loss_forward(passes, z, anchor_idx, z_keys, teacher_keys, o);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lmc_loss_backward_cuda(
@@ -49,12 +46,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lmc_loss_backward_cuda(
   const c10::cuda::CUDAGuard guard(z.device());
   lmc::GridPasses<CudaLauncher> passes;
   const lmc::LmcOptions o{key_offset, tau, intra_weight, manifold_weight, key_tile};
-  if (lmc::acc_type_of(z) == at::kDouble) {
-    return lmc::lmc_loss_backward_tiled<double>(passes, grad, z, anchor_idx, z_keys, teacher_keys, cluster_lse,
-                                                cluster_logits, manifold_lse, o, output_mask);
-  }
-  return lmc::lmc_loss_backward_tiled<float>(passes, grad, z, anchor_idx, z_keys, teacher_keys, cluster_lse,
-                                             cluster_logits, manifold_lse, o, output_mask);
+  return lmc::lmc_loss_backward(passes, grad, z, anchor_idx, z_keys, teacher_keys, cluster_lse, cluster_logits,
+                                manifold_lse, o, output_mask);
 }
 
 }  // namespace

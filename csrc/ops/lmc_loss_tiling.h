@@ -286,5 +286,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lmc_loss_backward_tiled(
                   : zeros_like_input(teacher_keys)};
 }
 
+// Every backend's entry point (and the grid runner) runs the tile loop through these two, in z's
+// accumulation type: float64 for float64 inputs (gradcheck), float32 otherwise.
+template <typename Passes>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lmc_loss_forward(
+    Passes& passes, const at::Tensor& z, const at::Tensor& anchor_idx, const at::Tensor& z_keys,
+    const at::Tensor& teacher_keys, const LmcOptions& o) {
+  if (acc_type_of(z) == at::kDouble) {
+    return lmc_loss_forward_tiled<double>(passes, z, anchor_idx, z_keys, teacher_keys, o);
+  }
+  return lmc_loss_forward_tiled<float>(passes, z, anchor_idx, z_keys, teacher_keys, o);
+}
+
+template <typename Passes>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lmc_loss_backward(
+    Passes& passes, const at::Tensor& grad, const at::Tensor& z, const at::Tensor& anchor_idx,
+    const at::Tensor& z_keys, const at::Tensor& teacher_keys, const at::Tensor& cluster_lse,
+    const at::Tensor& cluster_logits, const at::Tensor& manifold_lse, const LmcOptions& o,
+    std::array<bool, 3> output_mask) {
+  if (acc_type_of(z) == at::kDouble) {
+    return lmc_loss_backward_tiled<double>(passes, grad, z, anchor_idx, z_keys, teacher_keys, cluster_lse,
+                                           cluster_logits, manifold_lse, o, output_mask);
+  }
+  return lmc_loss_backward_tiled<float>(passes, grad, z, anchor_idx, z_keys, teacher_keys, cluster_lse,
+                                        cluster_logits, manifold_lse, o, output_mask);
+}
+
 }  // namespace lmc
 }  // namespace lmcl

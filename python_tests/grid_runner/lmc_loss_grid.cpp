@@ -32,10 +32,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lmc_loss_grid(
     int64_t max_blocks) {
   auto passes = make_passes(threads, max_blocks);
   const lmc::LmcOptions o{key_offset, tau, intra_weight, manifold_weight, key_tile};
-  if (lmc::acc_type_of(z) == at::kDouble) {
-    return lmc::lmc_loss_forward_tiled<double>(passes, z, anchor_idx, z_keys, teacher_keys, o);
-  }
-  return lmc::lmc_loss_forward_tiled<float>(passes, z, anchor_idx, z_keys, teacher_keys, o);
+  return lmc::lmc_loss_forward(passes, z, anchor_idx, z_keys, teacher_keys, o);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lmc_loss_backward_grid(
@@ -45,12 +42,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lmc_loss_backward_grid(
     int64_t key_tile, int64_t threads, int64_t max_blocks) {
   auto passes = make_passes(threads, max_blocks);
   const lmc::LmcOptions o{key_offset, tau, intra_weight, manifold_weight, key_tile};
-  if (lmc::acc_type_of(z) == at::kDouble) {
-    return lmc::lmc_loss_backward_tiled<double>(passes, grad, z, anchor_idx, z_keys, teacher_keys, cluster_lse,
-                                                cluster_logits, manifold_lse, o, {true, true, true});
-  }
-  return lmc::lmc_loss_backward_tiled<float>(passes, grad, z, anchor_idx, z_keys, teacher_keys, cluster_lse,
-                                             cluster_logits, manifold_lse, o, {true, true, true});
+  return lmc::lmc_loss_backward(passes, grad, z, anchor_idx, z_keys, teacher_keys, cluster_lse, cluster_logits,
+                                manifold_lse, o, {true, true, true});
 }
 
 // One launch of the backward tile body alone, on a given similarity tile (empty tiles included).
