@@ -137,6 +137,27 @@ LMCL_HD inline void multi_crop_row(const MultiCropParams<in_t, out_t>& p, int64_
   }
 }
 
+// One output pixel of a grid-stride launch (forward or backward): flat index i over B * N * out_h * out_w
+// -> its crop, row, column, box and the two bilinear taps (the column tap mirrored for flipped crops).
+template <typename acc_t>
+struct OutputPixel {
+  int64_t bn, y, x;
+  CropBox box;
+  CropTap<acc_t> ty, tx;
+};
+
+template <typename acc_t, typename Params>
+LMCL_HD inline OutputPixel<acc_t> output_pixel(const Params& p, int64_t i) {
+  OutputPixel<acc_t> px;
+  px.x = i % p.out_w;
+  px.y = (i / p.out_w) % p.out_h;
+  px.bn = i / (p.out_h * p.out_w);
+  px.box = load_box(p.boxes, px.bn, p.H, p.W);
+  px.ty = crop_tap<acc_t>(px.y, px.box.height, p.out_h);
+  px.tx = crop_col_tap<acc_t>(px.x, crop_flipped(p, px.bn), px.box.width, p.out_w);
+  return px;
+}
+
 // The CUDA launch: one thread per output pixel (all channels), grid-stride over B * N * out_h * out_w.
 template <int kC, typename in_t, typename out_t>
 struct MultiCropBody {
@@ -146,12 +167,11 @@ struct MultiCropBody {
     const int64_t plane = p.out_h * p.out_w;
     const int64_t items = p.B * p.N * plane;
     for (int64_t i = g.first(); i < items; i += g.stride()) {
-      const int64_t x = i % p.out_w;
-      const int64_t y = (i / p.out_w) % p.out_h;
-      const int64_t bn = i / plane;
-      const CropBox box = load_box(p.boxes, bn, p.H, p.W);
-      const CropTap<acc_t> ty = crop_tap<acc_t>(y, box.height, p.out_h);
-      const CropTap<acc_t> tx = crop_col_tap<acc_t>(x, crop_flipped(p, bn), box.width, p.out_w);
+      const OutputPixel<acc_t> px = output_pixel<acc_t>(p, i);
+      const int64_t x = px.x, y = px.y, bn = px.bn;
+      const CropBox& box = px.box;
+      const CropTap<acc_t>& ty = px.ty;
+      const CropTap<acc_t>& tx = px.tx;
       const in_t* base = p.images + (bn / p.N) * p.s_b + box.left * p.s_x;
       multi_crop_pixel<kC>(base + (box.top + ty.i0) * p.s_y, base + (box.top + ty.i1) * p.s_y, p.s_c, p.s_x, ty, tx,
                            p.scale, p.shift, p.out + bn * p.C * plane + y * p.out_w + x, plane);
@@ -226,12 +246,11 @@ struct MultiCropBackwardBody {
     const int64_t plane = p.out_h * p.out_w;
     const int64_t items = p.B * p.N * plane;
     for (int64_t i = g.first(); i < items; i += g.stride()) {
-      const int64_t x = i % p.out_w;
-      const int64_t y = (i / p.out_w) % p.out_h;
-      const int64_t bn = i / plane;
-      const CropBox box = load_box(p.boxes, bn, p.H, p.W);
-      const CropTap<float> ty = crop_tap<float>(y, box.height, p.out_h);
-      const CropTap<float> tx = crop_col_tap<float>(x, crop_flipped(p, bn), box.width, p.out_w);
+      const OutputPixel<float> px = output_pixel<float>(p, i);
+      const int64_t x = px.x, y = px.y, bn = px.bn;
+      const CropBox& box = px.box;
+      const CropTap<float>& ty = px.ty;
+      const CropTap<float>& tx = px.tx;
       for (int64_t c = 0; c < p.C; ++c) {
         float* base = p.grad_images + ((bn / p.N) * p.C + c) * p.H * p.W + box.left;
         const float gv = static_cast<float>(p.grad[(bn * p.C + c) * plane + y * p.out_w + x]) * p.scale[c];

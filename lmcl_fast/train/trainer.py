@@ -16,8 +16,7 @@ from ..models import IQANet, build_model, load_backbone_weights
 from . import checkpoint as ckpt_io
 from .amp import amp_dtype, autocast
 from .config import ConfigMismatchError, TrainConfig
-from .dist import (DistContext, broadcast_buffers_, gather_objects, mean_over_ranks_, min_over_ranks,
-                   resolve_device)
+from .dist import DistContext, broadcast_buffers_, gather_objects, mean_over_ranks_, min_over_ranks, resolve_device
 from .mutual import ema_update
 from .objective import LossTerms, compute_losses
 from .pipeline import CropPipeline
