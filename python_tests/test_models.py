@@ -123,18 +123,28 @@ def test_heads_shapes():
 
 
 def test_mscn_reference():
-    from lmcl_fast.models.tiny import _gaussian_kernel, mscn
+    import torch.nn.functional as F
+
+    from lmcl_fast.models.tiny import _gaussian_taps, mscn
 
     x = torch.rand(2, 3, 20, 24, dtype=torch.float64)
-    k = _gaussian_kernel(dtype=torch.float64)
-    out = mscn(x, k)
+    taps = _gaussian_taps(dtype=torch.float64)
+    k = taps[:, None] * taps[None, :]  # the 7 x 7 window
+    out = mscn(x, taps).double()
     # Direct float64 reference: windowed mean and deviation around one interior pixel.
     g = x.mean(1)
     i, j = 9, 11
     win = g[:, i - 3:i + 4, j - 3:j + 4]
-    mu = (win * k[0, 0]).sum((1, 2))
-    sd = (((win - mu[:, None, None]) ** 2) * k[0, 0]).sum((1, 2)).sqrt()  # two-pass: no cancellation
-    torch.testing.assert_close(out[:, 0, i, j], (g[:, i, j] - mu) / (sd + 0.05))
-    # Invariant to a brightness shift; a flat image gives zeros.
-    torch.testing.assert_close(mscn(x + 0.3, k), out)
-    assert mscn(torch.full((1, 3, 8, 8), 0.7, dtype=torch.float64), k).abs().max() < 1e-6
+    mu = (win * k).sum((1, 2))
+    sd = (((win - mu[:, None, None]) ** 2) * k).sum((1, 2)).sqrt()  # two-pass: no cancellation
+    torch.testing.assert_close(out[:, 0, i, j], (g[:, i, j] - mu) / (sd + 0.05), rtol=1e-4, atol=1e-4)
+    # Every pixel, edges included: replicate padding and two float64 2-D convolutions.
+    gp = F.pad(g[:, None], (3, 3, 3, 3), mode="replicate")
+    mu = F.conv2d(gp, k[None, None])
+    sd = (F.conv2d(gp * gp, k[None, None]) - mu * mu).clamp_min(0).sqrt()
+    torch.testing.assert_close(out, (g[:, None] - mu) / (sd + 0.05), rtol=1e-4, atol=1e-4)
+    # Invariant to a brightness shift; a flat image gives zeros; channels-last input gives the same map.
+    torch.testing.assert_close(mscn(x + 0.3, taps), mscn(x, taps), rtol=1e-4, atol=1e-4)
+    assert mscn(torch.full((1, 3, 8, 8), 0.7, dtype=torch.float64), taps).abs().max() < 1e-6
+    x32 = x.float()
+    assert torch.equal(mscn(x32.contiguous(memory_format=torch.channels_last), taps), mscn(x32, taps))
