@@ -60,7 +60,8 @@ def _cmd_eval(args) -> int:
         raise SystemExit(f"lmcl eval: no split_*/last.pt checkpoints under {args.path}")
     results = []
     for p in paths:
-        res = evaluate_checkpoint(p, args.device, args.root, args.csv, args.lower_is_better, args.num_workers)
+        res = evaluate_checkpoint(p, args.device, args.root, args.csv, args.lower_is_better, args.num_workers,
+                                  compile=args.compile)
         m = res["metrics"]
         print(f"{p}: SRCC {m['srcc']:.4f}  PLCC {m['plcc']:.4f}  ({m['n']} images)", file=sys.stderr)
         results.append(res)
@@ -77,7 +78,8 @@ def _cmd_eval(args) -> int:
 def _cmd_predict(args) -> int:
     from .core.predictor import Predictor
 
-    predictor, _ = Predictor.from_checkpoint(args.checkpoint, args.device)
+    predictor, _ = Predictor.from_checkpoint(args.checkpoint, args.device, compile=args.compile)
+    predictor.expect_batches(len(args.images), 1)  # predict_files scores one image at a time
     failed = 0
     for path, score, err in predictor.predict_files(args.images):
         if err is None:
@@ -104,6 +106,7 @@ def _cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .core.accel import COMPILE_MODES
     from .core.config import add_config_args
 
     p = argparse.ArgumentParser(prog="lmcl", description=__doc__)
@@ -139,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lower-is-better", action="store_true", default=None)
     s.add_argument("--device", default="auto")
     s.add_argument("--num-workers", type=int, default=None)
+    s.add_argument("--compile", choices=COMPILE_MODES, default=None,
+                   help="torch.compile mode of the branches (default: the checkpoint's, normally auto)")
     s.add_argument("--out", help="where to write metrics.json / scatter.png (default: the run folder, or "
                                  "eval/ next to the checkpoint)")
     s.set_defaults(func=_cmd_eval)
@@ -147,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("images", nargs="+")
     s.add_argument("--checkpoint", required=True, help="a split_XX/last.pt checkpoint")
     s.add_argument("--device", default="auto")
+    s.add_argument("--compile", choices=COMPILE_MODES, default=None,
+                   help="torch.compile mode of the branches (default: the checkpoint's, normally auto)")
     s.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser("bench", help="quick timing of the ops and of one training step (no data needed)")

@@ -51,6 +51,14 @@ TOLERANCES = {
     # 2-core sandbox: <= 1.7e-5 relative (total, lmc, quality; peer and EMA mode), <= 3e-9 absolute for
     # the ~1e-7 KL.
     ("ddp", torch.float32): dict(rtol=1e-4, atol=1e-6),
+    # Trainer steps with compiled branches (inductor) or channels-last activations vs the eager contiguous
+    # step: the same functions with float32 sums in another order (fused BatchNorm statistics, oneDNN
+    # blockings). Losses of the first steps relative; gradients with atol relative to the tensor's largest
+    # entry (entries that cancel to ~0 keep an error set by the gradient's scale).
+    ("compiled step", torch.float32): dict(rtol=1e-4, atol=1e-5),
+    # Losses of the following steps: AdamW's first updates are about lr * sign(g), so gradient entries near
+    # zero flip on rounding and the weights drift apart by ~lr; measured 1.3e-4 relative after 4 steps.
+    ("compiled run", torch.float32): dict(rtol=1e-3, atol=1e-5),
 }
 
 # SPEC §1.1: fp16/bf16 multi_crop output may differ from the rounded reference by this many ulps.

@@ -7,6 +7,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from .accel import COMPILE_MODES, MEMORY_FORMATS
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -76,6 +78,13 @@ class TrainConfig:
     grad_clip: float = _f(1.0, "max global gradient norm (0 disables clipping)")
     amp: str = _f("auto", "mixed precision: auto = bf16 on CUDA devices that support it, else off",
                   ("auto", "bf16", "fp16", "off"))
+    compile: str = _f("auto", "torch.compile mode of each branch for training and scoring: off = eager; "
+                      "reduce-overhead = CUDA graphs (CUDA only); auto = default mode when the run is long enough "
+                      "to repay the compile time (core/accel.py), else eager",
+                      COMPILE_MODES)
+    memory_format: str = _f("channels_last", "layout of the crops and the branches' activations (channels_last: "
+                            "multi_crop writes NHWC crops, the convolutions run without layout copies)",
+                            MEMORY_FORMATS)
     # run
     seed: int = _f(0, "seed of initialisation, data order and crops (same seed, same numbers on CPU)")
     device: str = _f("auto", "cpu, cuda, cuda:N or auto (cuda when available)")

@@ -38,6 +38,8 @@ class CropPipeline:
         cfg = self.cfg
         boxes = boxes.to(self.device, non_blocking=True)
         crops = ops.multi_crop(images, boxes, cfg.crop_size, mean=cfg.mean, std=cfg.std, flip=flip)
+        if cfg.memory_format == "channels_last":
+            crops = crops.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
         # The map is computed on the padded batch; boxes lie inside each image's valid region.
         prior = prior_logits(ops.crop_saliency(ops.spectral_residual(images), boxes))
         return crops, prior
@@ -46,7 +48,8 @@ class CropPipeline:
         """Random multi-scale boxes (and flips) of image b drawn from a CPU generator seeded with `seeds[b]`:
         an image's crops depend on its seed only, not on the batch (or rank) it lands in, so a run on K
         processes crops exactly as one process with a K times larger batch. Returns crops [B, N, 3, S, S]
-        and prior logits [B, N]."""
+        (with cfg.memory_format = channels_last a strided view of [B, N, S, S, 3] memory, so that
+        crops.flatten(0, 1) is a channels-last [B*N, 3, S, S] batch) and prior logits [B, N]."""
         cfg = self.cfg
         # Box sampling runs on the host (sample_boxes validates the sizes there); the sizes are tiny, but
         # a loader that put them on the GPU costs one small device-to-host copy here.

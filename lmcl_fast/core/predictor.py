@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from ..data import decode_image
-from ..models import build_model
+from ..models import CropOutputs, build_model
+from . import accel
 from . import checkpoint as ckpt_io
 from .amp import amp_dtype, autocast
 from .config import TrainConfig
@@ -19,25 +20,44 @@ class Predictor:
     """Scores images with trained branches: the average over branches (both peers, or the EMA-mode
     student) of the image score pooled over the eval_grid^2 crops, in MOS units."""
 
-    def __init__(self, cfg: TrainConfig, branches: list, mos_mean: float, mos_std: float, device: torch.device):
+    def __init__(self, cfg: TrainConfig, branches: list, mos_mean: float, mos_std: float, device: torch.device,
+                 calls: int = 0):
+        """`calls`: about how many batches the caller will score; with cfg.compile = auto the branches are
+        compiled when that repays the compile time (core/accel.py)."""
         self.cfg = cfg
-        self.branches = branches
         self.mos_mean, self.mos_std = mos_mean, mos_std
         self.device = device
+        self.branches = [m.to(memory_format=accel.memory_format(cfg.memory_format)) for m in branches]
+        self.compile_mode, self.nets = None, list(self.branches)
+        self.expect_batches(calls, cfg.batch_size)
         self.amp = amp_dtype(cfg.amp, device)
         self.pipeline = CropPipeline(cfg, device)
 
+    def expect_batches(self, calls: int, batch_size: int) -> None:
+        """Tell the predictor how many batches of how many images are coming: with cfg.compile = auto it
+        compiles the branches when that many repay the compile time. Compiled branches see one batch shape:
+        shorter batches are padded to it (eval-mode BatchNorm treats crops independently), longer ones run
+        eagerly."""
+        self.static_crops = batch_size * self.cfg.eval_grid ** 2
+        mode = accel.resolve_compile(self.cfg.compile, self.device, calls)
+        if mode != self.compile_mode:
+            self.compile_mode = mode
+            self.nets = [accel.compile_branch(m, mode) for m in self.branches]
+
     @classmethod
-    def from_checkpoint(cls, path: str, device: str = "auto") -> tuple:
+    def from_checkpoint(cls, path: str, device: str = "auto", calls: int = 0, compile: str | None = None) -> tuple:
+        """`compile` overrides the checkpoint's cfg.compile."""
         ck = ckpt_io.load(path)
         cfg = TrainConfig.from_dict(ck["config"])
+        if compile is not None:
+            cfg = cfg.replace(compile=compile)
         dev = resolve_device(device, DistContext())
         branches = []
         for key in ("a", "b") if cfg.mutual == "peer" else ("a",):
             model = build_model(cfg.arch, cfg.embed_dim, cfg.proj_hidden, cfg.head_hidden)
             model.load_state_dict(ck["models"][key])
             branches.append(model.to(dev))
-        return cls(cfg, branches, ck["mos_stats"]["mean"], ck["mos_stats"]["std"], dev), ck
+        return cls(cfg, branches, ck["mos_stats"]["mean"], ck["mos_stats"]["std"], dev, calls), ck
 
     @torch.no_grad()
     def predict_batch(self, images: torch.Tensor, heights: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
@@ -46,19 +66,28 @@ class Predictor:
         for m in self.branches:
             m.eval()
         try:
+            accel.mark_step(self.compile_mode)
             images = images.to(self.device, non_blocking=True)
             crops, prior = self.pipeline.eval_crops(images, heights, widths)
             flat = crops.flatten(0, 1)
             scores = []
-            for m in self.branches:
+            for m, net in zip(self.branches, self.nets):
                 with autocast(self.device, self.amp):
-                    out = m(flat)
+                    out = self._run(m, net, flat)
                 scores.append(image_quality(out, crop_scores(out, prior, self.cfg.prior_weight), self.cfg.pooling))
             pred = torch.stack(scores).mean(0)
         finally:
             for m, t in zip(self.branches, was_training):
                 m.train(t)
         return pred * self.mos_std + self.mos_mean
+
+    def _run(self, module, net, flat: torch.Tensor):
+        M = flat.shape[0]
+        if net is module or M > self.static_crops:
+            return module(flat)
+        if M < self.static_crops:
+            flat = torch.cat([flat, flat.new_zeros((self.static_crops - M, *flat.shape[1:]))])
+        return CropOutputs(*(t[:M] for t in net(flat)))
 
     def predict_loader(self, loader) -> dict:
         preds, mos, names, skipped = [], [], [], []

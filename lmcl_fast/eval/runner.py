@@ -18,9 +18,11 @@ def evaluate(predictor: Predictor, dataset, indices, batch_size: int | None = No
              num_workers: int | None = None) -> dict:
     """Predict dataset[indices] and compute the metrics (against the larger-is-better MOS)."""
     cfg = predictor.cfg
-    loader = make_loader(dataset.subset([int(i) for i in indices]), batch_size or cfg.batch_size, shuffle=False,
+    batch_size = batch_size or cfg.batch_size
+    loader = make_loader(dataset.subset([int(i) for i in indices]), batch_size, shuffle=False,
                          seed=cfg.seed, num_workers=cfg.num_workers if num_workers is None else num_workers,
                          decoder=cfg.decoder, device=str(predictor.device))
+    predictor.expect_batches(len(loader), batch_size)
     res = predictor.predict_loader(loader)
     if len(res["pred"]) < 3:
         raise ValueError(f"eval: {len(res['pred'])} readable test images; need at least 3 for the metrics")
@@ -59,9 +61,11 @@ def summarize_results(out_dir: str, results: list, title: str, write: bool = Tru
 
 
 def evaluate_checkpoint(path: str, device: str = "auto", root: str | None = None, csv_path: str | None = None,
-                        lower_is_better: bool | None = None, num_workers: int | None = None) -> dict:
-    """Evaluate a checkpoint on its own test split, or, given root and csv_path, on that whole dataset."""
-    predictor, ck = Predictor.from_checkpoint(path, device)
+                        lower_is_better: bool | None = None, num_workers: int | None = None,
+                        compile: str | None = None) -> dict:
+    """Evaluate a checkpoint on its own test split, or, given root and csv_path, on that whole dataset.
+    `compile` overrides the checkpoint's cfg.compile."""
+    predictor, ck = Predictor.from_checkpoint(path, device, compile=compile)
     cfg = predictor.cfg
     if root or csv_path:
         if not (root and csv_path):

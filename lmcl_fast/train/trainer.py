@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..core import accel
 from ..core import checkpoint as ckpt_io
 from ..core.amp import amp_dtype, autocast
 from ..core.config import ConfigMismatchError, TrainConfig
@@ -165,6 +166,11 @@ class Trainer:
                     process_group=self.dist.group, forward_sync_buffers=self.batch_norm == "local")
             if not resume:
                 seed_everything(cfg.seed + self.dist.rank)  # own random streams per rank from here on
+        # What the step calls: compiled wrappers of the same modules (of the DDP wrappers under torchrun) when
+        # the run is long enough to repay the compile time (cfg.compile), else the modules themselves.
+        remaining = (cfg.epochs - self.epoch) * self.steps_per_epoch - self.batch_in_epoch
+        self.compile_mode = accel.resolve_compile(cfg.compile, self.device, remaining)
+        self.compiled = {k: accel.compile_branch(net, self.compile_mode) for k, net in self.nets.items()}
         if self.dist.is_main:
             os.makedirs(run_dir, exist_ok=True)
             cfg.to_json(os.path.join(run_dir, "config.json"))
@@ -177,7 +183,7 @@ class Trainer:
         model = build_model(cfg.arch, cfg.embed_dim, cfg.proj_hidden, cfg.head_hidden)
         if cfg.weights:
             load_backbone_weights(model, cfg.weights)
-        return model.to(self.device)
+        return model.to(self.device, memory_format=accel.memory_format(cfg.memory_format))
 
     # ---------------------------------------------------------------------------------------- checkpoints
     def state(self, rng: list) -> dict:
@@ -256,17 +262,20 @@ class Trainer:
     def train_step(self, batch: dict, seeds: list) -> None:
         """One optimizer step on `batch`; `seeds[b]` seeds image b's crops (see crop_seed)."""
         cfg = self.cfg
+        accel.mark_step(self.compile_mode)
         images = batch["images"].to(self.device, non_blocking=True)
         crops, prior = self.pipeline.train_crops(images, batch["heights"], batch["widths"], seeds)
         target = (batch["mos"].to(self.device, non_blocking=True) - self.mos_mean) / self.mos_std
-        flat = crops.flatten(0, 1)
+        flat = crops.flatten(0, 1)  # channels-last crops give a channels-last view (no copy)
+        # A short batch (after unreadable images were skipped) runs eagerly: no graph for a second shape.
+        nets = self.compiled if images.shape[0] == cfg.batch_size else self.nets
         with autocast(self.device, self.amp):
-            out_a = self.nets["a"](flat)
+            out_a = nets["a"](flat)
             if "b" in self.models:
-                out_b = self.nets["b"](flat)
+                out_b = nets["b"](flat)
             else:
                 with torch.no_grad():
-                    out_b = self.models["teacher"](flat)
+                    out_b = nets["teacher"](flat)
         losses = compute_losses(cfg, out_a, out_b, prior, target, self.dist.group)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses.total).backward()
