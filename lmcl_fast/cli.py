@@ -91,10 +91,22 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_bench(args) -> int:
+    if args.step:
+        from .bench_step import run_step_bench
+
+        device = "cpu" if args.device == "auto" and not _cuda() else ("cuda" if args.device == "auto" else args.device)
+        print(run_step_bench(args.variants.split(","), steps=args.steps, device=device, threads=args.threads))
+        return 0
     from .bench_quick import run_quick_bench
 
     print(run_quick_bench(args.device, args.repeats))
     return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _cmd_demo(args) -> int:
@@ -159,6 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bench", help="quick timing of the ops and of one training step (no data needed)")
     s.add_argument("--device", default="auto")
     s.add_argument("--repeats", type=int, default=5)
+    s.add_argument("--step", action="store_true",
+                   help="profile the demo configuration's training step by phase instead (decode, boxes, crops, "
+                        "saliency prior, forward, loss, backward, optimizer)")
+    s.add_argument("--variants", default="eager,channels_last",
+                   help="with --step: comma-separated ways to run the step, interleaved in one process "
+                        "(eager, channels_last, compiled, compiled+channels_last; default: eager,channels_last)")
+    s.add_argument("--steps", type=int, default=20, help="with --step: timed steps per variant (default 20)")
+    s.add_argument("--threads", type=int, default=1, help="with --step: torch CPU threads (default 1, as the demo)")
     s.set_defaults(func=_cmd_bench)
 
     s = sub.add_parser("demo", help="synthetic set from photos -> train a small model -> evaluate (CPU, minutes)")

@@ -6,7 +6,10 @@ import torch
 
 from .. import ops
 from .config import TrainConfig
+from .phases import NoPhases
 from .scoring import prior_logits
+
+_NO_PHASES = NoPhases()
 
 
 def grid_boxes(heights: torch.Tensor, widths: torch.Tensor, grid: int, scale: float, min_size: int) -> torch.Tensor:
@@ -34,36 +37,39 @@ class CropPipeline:
         self.cfg = cfg
         self.device = device
 
-    def _crops(self, images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor | None):
+    def _crops(self, images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor | None, phases=_NO_PHASES):
         cfg = self.cfg
-        boxes = boxes.to(self.device, non_blocking=True)
-        crops = ops.multi_crop(images, boxes, cfg.crop_size, mean=cfg.mean, std=cfg.std, flip=flip)
-        if cfg.memory_format == "channels_last":
-            crops = crops.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
-        # The map is computed on the padded batch; boxes lie inside each image's valid region.
-        prior = prior_logits(ops.crop_saliency(ops.spectral_residual(images), boxes))
+        with phases.phase("crops"):
+            boxes = boxes.to(self.device, non_blocking=True)
+            crops = ops.multi_crop(images, boxes, cfg.crop_size, mean=cfg.mean, std=cfg.std, flip=flip)
+            if cfg.memory_format == "channels_last":
+                crops = crops.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+        with phases.phase("saliency prior"):
+            # The map is computed on the padded batch; boxes lie inside each image's valid region.
+            prior = prior_logits(ops.crop_saliency(ops.spectral_residual(images), boxes))
         return crops, prior
 
-    def train_crops(self, images, heights, widths, seeds):
+    def train_crops(self, images, heights, widths, seeds, phases=_NO_PHASES):
         """Random multi-scale boxes (and flips) of image b drawn from a CPU generator seeded with `seeds[b]`:
         an image's crops depend on its seed only, not on the batch (or rank) it lands in, so a run on K
         processes crops exactly as one process with a K times larger batch. Returns crops [B, N, 3, S, S]
         (with cfg.memory_format = channels_last a strided view of [B, N, S, S, 3] memory, so that
         crops.flatten(0, 1) is a channels-last [B*N, 3, S, S] batch) and prior logits [B, N]."""
         cfg = self.cfg
-        # Box sampling runs on the host (sample_boxes validates the sizes there); the sizes are tiny, but
-        # a loader that put them on the GPU costs one small device-to-host copy here.
-        heights, widths = heights.cpu(), widths.cpu()
-        boxes, flips = [], []
-        for b, seed in enumerate(seeds):
-            g = torch.Generator().manual_seed(int(seed))
-            boxes.append(ops.sample_boxes(heights[b:b + 1], widths[b:b + 1], cfg.n_crops,
-                                          scales=(cfg.crop_scale_min, cfg.crop_scale_max), min_size=cfg.min_crop,
-                                          generator=g))
-            if cfg.hflip:
-                flips.append(torch.rand((1, cfg.n_crops), generator=g) < 0.5)
-        flip = torch.cat(flips).to(self.device, non_blocking=True) if cfg.hflip else None
-        return self._crops(images, torch.cat(boxes), flip)
+        with phases.phase("boxes"):
+            # Box sampling runs on the host (sample_boxes validates the sizes there); the sizes are tiny, but
+            # a loader that put them on the GPU costs one small device-to-host copy here.
+            heights, widths = heights.cpu(), widths.cpu()
+            boxes, flips = [], []
+            for b, seed in enumerate(seeds):
+                g = torch.Generator().manual_seed(int(seed))
+                boxes.append(ops.sample_boxes(heights[b:b + 1], widths[b:b + 1], cfg.n_crops,
+                                              scales=(cfg.crop_scale_min, cfg.crop_scale_max),
+                                              min_size=cfg.min_crop, generator=g))
+                if cfg.hflip:
+                    flips.append(torch.rand((1, cfg.n_crops), generator=g) < 0.5)
+            flip = torch.cat(flips).to(self.device, non_blocking=True) if cfg.hflip else None
+        return self._crops(images, torch.cat(boxes), flip, phases)
 
     def eval_crops(self, images, heights, widths):
         cfg = self.cfg

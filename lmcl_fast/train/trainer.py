@@ -23,6 +23,7 @@ from ..core.dist import (
     min_over_ranks,
     resolve_device,
 )
+from ..core.phases import NoPhases
 from ..core.pipeline import CropPipeline
 from ..data import make_loader
 from ..models import IQANet, build_model, load_backbone_weights
@@ -142,6 +143,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.pipeline = CropPipeline(cfg, self.device)
+        self.phases = NoPhases()  # a PhaseTimer times the step's phases (lmcl bench --step)
 
         self.epoch = 0  # epochs completed
         self.batch_in_epoch = 0  # batches of the current epoch consumed (mid-epoch checkpoints)
@@ -261,39 +263,42 @@ class Trainer:
 
     def train_step(self, batch: dict, seeds: list) -> None:
         """One optimizer step on `batch`; `seeds[b]` seeds image b's crops (see crop_seed)."""
-        cfg = self.cfg
+        cfg, phase = self.cfg, self.phases.phase
         accel.mark_step(self.compile_mode)
         images = batch["images"].to(self.device, non_blocking=True)
-        crops, prior = self.pipeline.train_crops(images, batch["heights"], batch["widths"], seeds)
+        crops, prior = self.pipeline.train_crops(images, batch["heights"], batch["widths"], seeds, self.phases)
         target = (batch["mos"].to(self.device, non_blocking=True) - self.mos_mean) / self.mos_std
         flat = crops.flatten(0, 1)  # channels-last crops give a channels-last view (no copy)
         # A short batch (after unreadable images were skipped) runs eagerly: no graph for a second shape.
         nets = self.compiled if images.shape[0] == cfg.batch_size else self.nets
-        with autocast(self.device, self.amp):
+        with phase("forward"), autocast(self.device, self.amp):
             out_a = nets["a"](flat)
             if "b" in self.models:
                 out_b = nets["b"](flat)
             else:
                 with torch.no_grad():
                     out_b = nets["teacher"](flat)
-        losses = compute_losses(cfg, out_a, out_b, prior, target, self.dist.group)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(losses.total).backward()
-        if cfg.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        if "teacher" in self.models:
-            # Identical weights on every rank (DDP) give an identical EMA; per-process BatchNorm statistics
-            # do not, so the teacher takes rank 0's, as DDP's student does at its next forward.
-            ema_update(self.models["teacher"], self.models["a"], cfg.ema_momentum)
-            if self.batch_norm == "local":
-                broadcast_buffers_(self.models["teacher"], self.dist)
-        # On-device running sums: read (one host sync) every log_every steps, never per step.
-        self._sums += torch.stack([t.detach().float() for t in losses])
-        self._nonfinite |= ~torch.isfinite(losses.total.detach())
+        with phase("loss"):
+            losses = compute_losses(cfg, out_a, out_b, prior, target, self.dist.group)
+        with phase("backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(losses.total).backward()
+        with phase("optimizer"):
+            if cfg.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            if "teacher" in self.models:
+                # Identical weights on every rank (DDP) give an identical EMA; per-process BatchNorm statistics
+                # do not, so the teacher takes rank 0's, as DDP's student does at its next forward.
+                ema_update(self.models["teacher"], self.models["a"], cfg.ema_momentum)
+                if self.batch_norm == "local":
+                    broadcast_buffers_(self.models["teacher"], self.dist)
+            # On-device running sums: read (one host sync) every log_every steps, never per step.
+            self._sums += torch.stack([t.detach().float() for t in losses])
+            self._nonfinite |= ~torch.isfinite(losses.total.detach())
         self._count += 1
         self.step += 1
 
