@@ -50,18 +50,21 @@ def _write_images(root: str, n: int, seed: int = 0) -> str:
 
 def profile_step(variants: list, steps: int = 20, warmup: int = 3, device: str = "cpu", threads: int = 1,
                  prepare=None) -> dict:
-    """Run `warmup` + `steps` training steps of every variant (names from VARIANTS), interleaved step by
-    step. `prepare(name, trainer)` may adjust a trainer before it runs. Returns {variant: {phase: [seconds
-    per step]}} with the step's total under "step" and the compile/warm-up time under "warmup"."""
+    """Run `warmup` + `steps` training steps of every variant (names from VARIANTS, or a dict of label ->
+    TrainConfig overrides), interleaved step by step. `prepare(label, trainer)` may adjust a trainer before it
+    runs. Returns {label: {phase: [seconds per step]}} with the step's total under "step" and the warm-up
+    (compile) time under "warmup"."""
     from .core.phases import PhaseTimer
     from .data import IQADataset
     from .demo import DEMO_CONFIG
     from .train import TrainConfig, Trainer
     from .train.trainer import crop_seed
 
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise ValueError(f"bench: unknown step variants {unknown}; choose from {list(VARIANTS)}")
+    if not isinstance(variants, dict):
+        unknown = [v for v in variants if v not in VARIANTS]
+        if unknown:
+            raise ValueError(f"bench: unknown step variants {unknown}; choose from {list(VARIANTS)}")
+        variants = {v: VARIANTS[v] for v in variants}
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -71,8 +74,8 @@ def profile_step(variants: list, steps: int = 20, warmup: int = 3, device: str =
             dataset = IQADataset(cfg0["root"], cfg0["csv"])
             everything = list(range(len(dataset.names)))
             runs = {}
-            for name in variants:
-                trainer = Trainer(TrainConfig(**(cfg0 | VARIANTS[name])), dataset, everything, everything[:1],
+            for name, overrides in variants.items():
+                trainer = Trainer(TrainConfig(**(cfg0 | overrides)), dataset, everything, everything[:1],
                                   os.path.join(tmp, name), progress=False)
                 if prepare is not None:
                     prepare(name, trainer)
