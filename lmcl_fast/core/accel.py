@@ -11,12 +11,13 @@ COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune", "m
 MEMORY_FORMATS = ("channels_last", "contiguous")
 
 # compile="auto" compiles when a run makes at least this many calls of a branch (training steps, or scoring
-# batches). On the 2-core CPU (torch 2.13, the demo's tiny CNN, 64 crops of 64^2, one thread) compiling the
-# two branches' forward and backward took 35-170 s (warm / cold inductor cache, machine shared) and saved
-# about 15 ms of a 95 ms step (bench/RESULTS.md, "training step"): it pays after roughly 5,000 steps with a
-# warm cache and 10,000 cold. The demo's 990 steps stay eager. On CUDA the compile time is similar while a
-# large backbone's step gains more (fused BatchNorm/ReLU epilogues); 2,000 steps is an estimate, not measured.
-AUTO_COMPILE_MIN_CALLS = {"cpu": 10_000, "cuda": 2_000}
+# batches). Measured on the 2-core CPU (torch 2.13, the demo configuration: tiny CNN, peer, 64 crops of 64^2,
+# one thread, machine shared, load ~12; bench/RESULTS.md "training step"): compiling both branches' forward and
+# backward took 30-40 s with a warm inductor cache and 174 s cold (a fresh install), and saved ~40 ms of a
+# ~550 ms channels-last step (forward + backward 308 -> 258 ms): it pays after ~1,000 steps warm and ~4,000
+# cold. 5,000 keeps a fresh install from losing time; the demo's 990 steps stay eager. On CUDA the compile time
+# is similar while a large backbone's step gains more; 2,000 steps there is an estimate (no GPU measured).
+AUTO_COMPILE_MIN_CALLS = {"cpu": 5_000, "cuda": 2_000}
 
 
 def resolve_compile(mode: str, device: torch.device, calls: int) -> str | None:
@@ -24,7 +25,7 @@ def resolve_compile(mode: str, device: torch.device, calls: int) -> str | None:
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile must be one of {COMPILE_MODES}, got {mode!r}")
     if mode == "auto":
-        return "default" if calls >= AUTO_COMPILE_MIN_CALLS.get(device.type, 10_000) else None
+        return "default" if calls >= AUTO_COMPILE_MIN_CALLS.get(device.type, 5_000) else None
     if mode == "off":
         return None
     if mode == "reduce-overhead" and device.type != "cuda":
