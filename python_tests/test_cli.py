@@ -114,6 +114,18 @@ def test_bench_quick_timing():
     assert text.count(" ms") == 5
 
 
+def test_bench_step_profile(capsys):
+    from lmcl_fast.bench_step import PHASES
+
+    assert main(["bench", "--step", "--device", "cpu", "--steps", "2", "--variants", "eager,channels_last"]) == 0
+    text = capsys.readouterr().out
+    for phase in (*PHASES, "step"):
+        assert f"\n{phase} " in text
+    assert "channels_last vs eager" in text
+    with pytest.raises(ValueError, match="unknown step variants"):
+        main(["bench", "--step", "--variants", "fastest"])
+
+
 def test_demo_photo_lookup(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="--photos"):
         demo.find_photos(str(tmp_path / "missing"))
