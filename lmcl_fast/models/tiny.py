@@ -66,8 +66,14 @@ class TinyCNN(nn.Module):
         self.register_buffer("taps", _gaussian_taps(), persistent=False)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([x, mscn(x, self.taps).to(x.dtype)], dim=1)
-        return torch.flatten(self.pool(self.features(x)), 1)
+        # RGB + MSCN written into one buffer of x's layout: torch.cat of a channels-last x and the one-channel
+        # map would come out NCHW and cost the first convolution a layout copy.
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        M, C, H, W = x.shape
+        inp = torch.empty((M, C + 1, H, W), dtype=x.dtype, device=x.device, memory_format=layout)
+        inp[:, :C] = x
+        inp[:, C:] = mscn(x, self.taps)
+        return torch.flatten(self.pool(self.features(inp)), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)
