@@ -477,3 +477,80 @@ def test_cuda_backward_alerts_under_deterministic_algorithms():
             out.sum().backward()
     finally:
         torch.use_deterministic_algorithms(previous)
+
+
+# ---- channels-last output (memory_format=torch.channels_last) ----
+
+def _nhwc_strides(out):
+    B, N, C, S_h, S_w = out.shape
+    return (N * S_h * S_w * C, S_h * S_w * C, 1, S_w * C, C)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["uint8", "float32"])
+@pytest.mark.parametrize("C", [1, 3])
+@pytest.mark.parametrize("out_dtype", OUT_DTYPES, ids=str)
+def test_channels_last_output_same_values(device, kind, C, out_dtype):
+    images, boxes, size, mean, std, flips = sample_inputs(device, kind, C, size=(6, 9))
+    want = multi_crop(images, boxes, size, mean=mean, std=std, flip=flips, out_dtype=out_dtype)
+    out = multi_crop(images, boxes, size, mean=mean, std=std, flip=flips, out_dtype=out_dtype,
+                     memory_format=torch.channels_last)
+    assert out.shape == want.shape and out.stride() == _nhwc_strides(out)
+    assert out.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)  # the network's input, no copy
+    assert torch.equal(out, want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_channels_last_backward_same_gradient(device):
+    images, boxes, size, mean, std, flips = _grad_inputs(device)
+    g = torch.randn((2, 6, 3, *size), device=device)
+    grads = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        out = multi_crop(images, boxes, size, mean=mean, std=std, flip=flips, memory_format=fmt)
+        # The upstream gradient in the output's own layout, as a channels-last network hands it back.
+        (grad,) = torch.autograd.grad(out, images, g.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+                                      if fmt == torch.channels_last else g)
+        grads.append(grad)
+    assert torch.equal(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_channels_last_opcheck(device):
+    for args in _opcheck_samples(device):
+        torch.library.opcheck(torch.ops.lmcl.multi_crop.default, args, {"memory_format": torch.channels_last})
+    grad = torch.randn((2, 6, 4, 6, 3), device=device).permute(0, 1, 4, 2, 3)  # NHWC-strided gradient
+    boxes = edge_boxes(2, 13, 17).to(device)
+    torch.library.opcheck(torch.ops.lmcl._multi_crop_backward.default,
+                          (grad.requires_grad_(), boxes, list(STD), None, 13, 17))
+
+
+def test_channels_last_torch_compile():
+    torch._dynamo.reset()
+    images, boxes, size, mean, std, flips = _grad_inputs("cpu")
+
+    def fn(images):
+        return multi_crop(images, boxes, size, mean=mean, std=std, flip=flips, memory_format=torch.channels_last)
+
+    out = torch.compile(fn, fullgraph=True)(images)
+    assert out.stride() == _nhwc_strides(out) and torch.equal(out, fn(images))
+
+
+def test_memory_format_rejects_other_formats():
+    images, boxes, size, mean, std, flips = sample_inputs("cpu", "uint8", 3)
+    with pytest.raises(ValueError, match="memory_format"):
+        multi_crop(images, boxes, size, memory_format=torch.preserve_format)
+
+
+@pytest.mark.parametrize("kind", ["uint8", "float32"])
+@pytest.mark.parametrize("threads,max_blocks", [(256, 4096), (7, 1)])
+def test_grid_runner_channels_last(grid_runner, kind, threads, max_blocks):
+    """The CUDA launch bodies write NHWC crops and read an NHWC-strided gradient as the CPU kernel does."""
+    images, boxes, size, mean, std, flips = sample_inputs("cpu", kind, 3, size=(5, 7))
+    expected = multi_crop(images, boxes, size, mean=mean, std=std, flip=flips)
+    got = grid_runner.multi_crop(images, boxes, list(size), list(mean), list(std), flips, torch.float32, threads,
+                                 max_blocks, memory_format=torch.channels_last)
+    assert got.stride() == _nhwc_strides(got) and torch.equal(got, expected)
+    grad = torch.randn((2, 6, 5, 7, 3)).permute(0, 1, 4, 2, 3)
+    want = torch.ops.lmcl._multi_crop_backward.default(grad.contiguous(), boxes, list(std), flips, 13, 17)
+    back = grid_runner.multi_crop_backward(grad, boxes, list(std), flips, 13, 17, threads, max_blocks)
+    torch.testing.assert_close(back, want, **TOLERANCES[("multi_crop backward", torch.float32)])

@@ -63,9 +63,10 @@ struct MultiCropCpu {
 
 at::Tensor multi_crop_cpu(const at::Tensor& images, const at::Tensor& boxes, at::IntArrayRef size,
                           std::optional<at::ArrayRef<double>> mean, std::optional<at::ArrayRef<double>> std,
-                          const std::optional<at::Tensor>& flip, at::ScalarType out_dtype) {
-  check_multi_crop_args(images, boxes, size, mean, std, flip, out_dtype);
-  return multi_crop_forward(MultiCropCpu{}, images, boxes, size, mean, std, flip, out_dtype);
+                          const std::optional<at::Tensor>& flip, at::ScalarType out_dtype,
+                          std::optional<at::MemoryFormat> memory_format) {
+  check_multi_crop_args(images, boxes, size, mean, std, flip, out_dtype, memory_format);
+  return multi_crop_forward(MultiCropCpu{}, images, boxes, size, mean, std, flip, out_dtype, memory_format);
 }
 
 at::Tensor multi_crop_backward_cpu(const at::Tensor& grad, const at::Tensor& boxes,

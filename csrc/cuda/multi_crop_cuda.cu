@@ -15,10 +15,12 @@ namespace {
 
 at::Tensor multi_crop_cuda(const at::Tensor& images, const at::Tensor& boxes, at::IntArrayRef size,
                            std::optional<at::ArrayRef<double>> mean, std::optional<at::ArrayRef<double>> std,
-                           const std::optional<at::Tensor>& flip, at::ScalarType out_dtype) {
-  check_multi_crop_args(images, boxes, size, mean, std, flip, out_dtype);
+                           const std::optional<at::Tensor>& flip, at::ScalarType out_dtype,
+                           std::optional<at::MemoryFormat> memory_format) {
+  check_multi_crop_args(images, boxes, size, mean, std, flip, out_dtype, memory_format);
   const c10::cuda::CUDAGuard guard(images.device());
-  return multi_crop_forward(MultiCropGrid<CudaGridLauncher>{}, images, boxes, size, mean, std, flip, out_dtype);
+  return multi_crop_forward(MultiCropGrid<CudaGridLauncher>{}, images, boxes, size, mean, std, flip, out_dtype,
+                            memory_format);
 }
 
 at::Tensor multi_crop_backward_cuda(const at::Tensor& grad, const at::Tensor& boxes,

@@ -77,6 +77,11 @@ MultiCropParams<in_t, out_t> make_multi_crop_params(const at::Tensor& images, co
   p.flip_sb = flip.has_value() ? flip->stride(0) : 0;
   p.flip_sn = flip.has_value() ? flip->stride(1) : 0;
   p.out = out.data_ptr<out_t>();
+  // Both layouts of multi_crop_output keep a crop's elements together: stride(0) == N * stride(1).
+  p.o_sn = out.stride(1);
+  p.o_sc = out.stride(2);
+  p.o_sy = out.stride(3);
+  p.o_sx = out.stride(4);
   p.out_h = out.size(3);
   p.out_w = out.size(4);
   for (int c = 0; c < 3; ++c) {
@@ -92,6 +97,11 @@ MultiCropBackwardParams<g_t> make_multi_crop_backward_params(const at::Tensor& g
                                                              const ChannelAffine& affine, at::Tensor& grad_images) {
   MultiCropBackwardParams<g_t> p{};
   p.grad = grad.data_ptr<g_t>();
+  p.g_sb = grad.stride(0);
+  p.g_sn = grad.stride(1);
+  p.g_sc = grad.stride(2);
+  p.g_sy = grad.stride(3);
+  p.g_sx = grad.stride(4);
   p.B = grad.size(0);
   p.N = grad.size(1);
   p.C = grad.size(2);
@@ -110,18 +120,30 @@ MultiCropBackwardParams<g_t> make_multi_crop_backward_params(const at::Tensor& g
   return p;
 }
 
+// The output [B, N, C, S_h, S_w]: contiguous, or (channels_last) a view of contiguous [B, N, S_h, S_w, C]
+// memory, so that out.flatten(0, 1) is a channels-last [B * N, C, S_h, S_w] batch.
+inline at::Tensor multi_crop_output(int64_t B, int64_t N, int64_t C, at::IntArrayRef size,
+                                    const at::TensorOptions& options,
+                                    const std::optional<at::MemoryFormat>& memory_format) {
+  if (memory_format == at::MemoryFormat::ChannelsLast) {
+    return at::empty({B, N, size[0], size[1], C}, options).permute({0, 1, 4, 2, 3});
+  }
+  return at::empty({B, N, C, size[0], size[1]}, options);
+}
+
 // lmcl::multi_crop on a backend, after check_multi_crop_args: output, box check, affine, then one
 // backend.forward per (channels, input dtype, output dtype).
 template <typename Backend>
 at::Tensor multi_crop_forward(const Backend& backend, const at::Tensor& images, const at::Tensor& boxes,
                               at::IntArrayRef size, const std::optional<at::ArrayRef<double>>& mean,
                               const std::optional<at::ArrayRef<double>>& std, const std::optional<at::Tensor>& flip,
-                              at::ScalarType out_dtype) {
+                              at::ScalarType out_dtype, const std::optional<at::MemoryFormat>& memory_format) {
   const bool u8 = images.scalar_type() == at::kByte;
   const int64_t C = multi_crop_channels(images);
   const int64_t H = u8 ? images.size(1) : images.size(2);
   const int64_t W = u8 ? images.size(2) : images.size(3);
-  at::Tensor out = at::empty({boxes.size(0), boxes.size(1), C, size[0], size[1]}, images.options().dtype(out_dtype));
+  at::Tensor out = multi_crop_output(boxes.size(0), boxes.size(1), C, size, images.options().dtype(out_dtype),
+                                     memory_format);
   if (out.numel() == 0) {
     return out;
   }
@@ -154,10 +176,10 @@ at::Tensor multi_crop_backward(const Backend& backend, const at::Tensor& grad, c
   }
   const at::Tensor boxes64 = boxes.to(at::kLong).contiguous();
   backend.check_boxes("_multi_crop_backward", boxes64, height, width);
-  const at::Tensor g = grad.contiguous();  // autograd hands over a contiguous gradient; this is a no-op then
   const ChannelAffine affine = multi_crop_affine(C, 1.0, std::nullopt, std);
-  LMCL_DISPATCH_MULTI_CROP_OUT(g.scalar_type(), "lmcl::_multi_crop_backward", [&] {
-    backend.backward(make_multi_crop_backward_params<scalar_t>(g, boxes64, flip, affine, grad_images));
+  // grad is read through its strides (channels-last crops hand back an NHWC-ordered gradient): no copy.
+  LMCL_DISPATCH_MULTI_CROP_OUT(grad.scalar_type(), "lmcl::_multi_crop_backward", [&] {
+    backend.backward(make_multi_crop_backward_params<scalar_t>(grad, boxes64, flip, affine, grad_images));
   });
   return grad_images;
 }

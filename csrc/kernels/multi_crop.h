@@ -72,7 +72,8 @@ struct MultiCropParams {
   const int64_t* boxes;        // contiguous [B, N, 4]
   const bool* flip;            // [B, N] read through strides, or nullptr
   int64_t flip_sb, flip_sn;
-  out_t* out;                  // contiguous [B, N, C, out_h, out_w]
+  out_t* out;                  // [B, N, C, out_h, out_w] written through strides: NCHW or NHWC crops
+  int64_t o_sn, o_sc, o_sy, o_sx;  // strides of (crop b * N + n, channel, row, column)
   int64_t out_h, out_w;
   acc_t scale[3];              // out = raw * scale[c] + shift[c]
   acc_t shift[3];
@@ -90,12 +91,12 @@ LMCL_HD inline CropTap<acc_t> crop_col_tap(int64_t x, bool flipped, int64_t widt
 }
 
 // One output pixel, all kC channels. r0, r1: the two source rows at the crop's left edge; o: the
-// channel-0 output element, channels `plane` apart.
+// channel-0 output element, channels o_sc apart.
 // v = ly0 * (lx0 * p00 + lx1 * p01) + ly1 * (lx0 * p10 + lx1 * p11); out = v * scale[c] + shift[c].
 template <int kC, typename in_t, typename out_t, typename acc_t>
 LMCL_HD inline void multi_crop_pixel(const in_t* r0, const in_t* r1, int64_t s_c, int64_t s_x,
                                      const CropTap<acc_t>& ty, const CropTap<acc_t>& tx, const acc_t* scale,
-                                     const acc_t* shift, out_t* o, int64_t plane) {
+                                     const acc_t* shift, out_t* o, int64_t o_sc) {
   const int64_t x0 = tx.i0 * s_x;
   const int64_t x1 = tx.i1 * s_x;
   for (int c = 0; c < kC; ++c) {
@@ -104,7 +105,7 @@ LMCL_HD inline void multi_crop_pixel(const in_t* r0, const in_t* r1, int64_t s_c
     const acc_t bot = tx.l0 * static_cast<acc_t>(r1[x0 + oc]) + tx.l1 * static_cast<acc_t>(r1[x1 + oc]);
     const acc_t v = ty.l0 * top + ty.l1 * bot;
     // out_t is constructible from float on host and device (c10::Half / c10::BFloat16).
-    o[c * plane] = static_cast<out_t>(static_cast<float>(v * scale[c] + shift[c]));
+    o[c * o_sc] = static_cast<out_t>(static_cast<float>(v * scale[c] + shift[c]));
   }
 }
 
@@ -121,10 +122,9 @@ LMCL_HD inline void multi_crop_row(const MultiCropParams<in_t, out_t>& p, int64_
   const in_t* base = p.images + (bn / p.N) * p.s_b + box.left * p.s_x;
   const in_t* r0 = base + (box.top + ty.i0) * p.s_y;
   const in_t* r1 = base + (box.top + ty.i1) * p.s_y;
-  const int64_t plane = p.out_h * p.out_w;
-  out_t* o = p.out + bn * p.C * plane + y * p.out_w;
+  out_t* o = p.out + bn * p.o_sn + y * p.o_sy;
   for (int64_t x = 0; x < p.out_w; ++x) {
-    multi_crop_pixel<kC>(r0, r1, p.s_c, p.s_x, ty, col_taps[x], p.scale, p.shift, o + x, plane);
+    multi_crop_pixel<kC>(r0, r1, p.s_c, p.s_x, ty, col_taps[x], p.scale, p.shift, o + x * p.o_sx, p.o_sc);
   }
 }
 
@@ -165,7 +165,7 @@ struct MultiCropBody {
       const CropTap<acc_t>& tx = px.tx;
       const in_t* base = p.images + (bn / p.N) * p.s_b + box.left * p.s_x;
       multi_crop_pixel<kC>(base + (box.top + ty.i0) * p.s_y, base + (box.top + ty.i1) * p.s_y, p.s_c, p.s_x, ty, tx,
-                           p.scale, p.shift, p.out + bn * p.C * plane + y * p.out_w + x, plane);
+                           p.scale, p.shift, p.out + bn * p.o_sn + y * p.o_sy + x * p.o_sx, p.o_sc);
     }
   }
 };
@@ -196,7 +196,8 @@ LMCL_HD inline void multi_crop_tap_backward(float* r0, float* r1, const CropTap<
 
 template <typename g_t>
 struct MultiCropBackwardParams {
-  const g_t* grad;             // contiguous [B, N, C, out_h, out_w]
+  const g_t* grad;             // [B, N, C, out_h, out_w] read through strides (e.g. NHWC crops' gradient)
+  int64_t g_sb, g_sn, g_sc, g_sy, g_sx;
   int64_t B, N, C, H, W;
   const int64_t* boxes;        // contiguous [B, N, 4]
   const bool* flip;            // [B, N] read through strides, or nullptr
@@ -216,14 +217,14 @@ template <typename g_t>
 LMCL_HD inline void multi_crop_plane_backward(const MultiCropBackwardParams<g_t>& p, int64_t bn, int64_t c) {
   const Box box = crop_source_box(p.boxes, bn, p.H, p.W);
   const bool flipped = crop_flipped(p, bn);
-  const g_t* go = p.grad + (bn * p.C + c) * p.out_h * p.out_w;
+  const g_t* go = p.grad + (bn / p.N) * p.g_sb + (bn % p.N) * p.g_sn + c * p.g_sc;
   float* base = p.grad_images + ((bn / p.N) * p.C + c) * p.H * p.W + box.left;
   for (int64_t y = 0; y < p.out_h; ++y) {
     const CropTap<float> ty = crop_tap<float>(y, box.height, p.out_h);
     float* r0 = base + (box.top + ty.i0) * p.W;
     float* r1 = base + (box.top + ty.i1) * p.W;
     for (int64_t x = 0; x < p.out_w; ++x) {
-      const float g = static_cast<float>(go[y * p.out_w + x]) * p.scale[c];
+      const float g = static_cast<float>(go[y * p.g_sy + x * p.g_sx]) * p.scale[c];
       multi_crop_tap_backward(r0, r1, ty, crop_col_tap<float>(x, flipped, box.width, p.out_w), g);
     }
   }
@@ -244,7 +245,8 @@ struct MultiCropBackwardBody {
       const CropTap<float>& tx = px.tx;
       for (int64_t c = 0; c < p.C; ++c) {
         float* base = p.grad_images + ((bn / p.N) * p.C + c) * p.H * p.W + box.left;
-        const float gv = static_cast<float>(p.grad[(bn * p.C + c) * plane + y * p.out_w + x]) * p.scale[c];
+        const float gv = static_cast<float>(p.grad[(bn / p.N) * p.g_sb + (bn % p.N) * p.g_sn + c * p.g_sc +
+                                                   y * p.g_sy + x * p.g_sx]) * p.scale[c];
         multi_crop_tap_backward(base + (box.top + ty.i0) * p.W, base + (box.top + ty.i1) * p.W, ty, tx, gv);
       }
     }

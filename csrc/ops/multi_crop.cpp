@@ -49,7 +49,8 @@ void check_boxes_and_flip(const char* op, const at::Tensor& boxes, const std::op
 void check_multi_crop_args(const at::Tensor& images, const at::Tensor& boxes, at::IntArrayRef size,
                            const std::optional<at::ArrayRef<double>>& mean,
                            const std::optional<at::ArrayRef<double>>& std,
-                           const std::optional<at::Tensor>& flip, at::ScalarType out_dtype) {
+                           const std::optional<at::Tensor>& flip, at::ScalarType out_dtype,
+                           const std::optional<at::MemoryFormat>& memory_format) {
   constexpr const char* op = "multi_crop";
   TORCH_CHECK_TYPE(images.scalar_type() == at::kByte || images.scalar_type() == at::kFloat, op,
                    ": images must be uint8 [B, H, W, C] or float32 [B, C, H, W], got ", images.scalar_type());
@@ -67,6 +68,10 @@ void check_multi_crop_args(const at::Tensor& images, const at::Tensor& boxes, at
   check_std_nonzero(op, std);
   TORCH_CHECK_TYPE(out_dtype == at::kFloat || out_dtype == at::kHalf || out_dtype == at::kBFloat16, op,
                    ": out_dtype must be float32, float16 or bfloat16, got ", out_dtype);
+  TORCH_CHECK_VALUE(!memory_format.has_value() || *memory_format == at::MemoryFormat::Contiguous ||
+                        *memory_format == at::MemoryFormat::ChannelsLast,
+                    op, ": memory_format must be torch.contiguous_format or torch.channels_last, got ",
+                    *memory_format);
 }
 
 void check_multi_crop_backward_args(const at::Tensor& grad, const at::Tensor& boxes,
@@ -90,7 +95,7 @@ void check_multi_crop_backward_args(const at::Tensor& grad, const at::Tensor& bo
 TORCH_LIBRARY_FRAGMENT(lmcl, m) {
   m.def(
       "multi_crop(Tensor images, Tensor boxes, SymInt[] size, float[]? mean, float[]? std, Tensor? flip, "
-      "ScalarType out_dtype) -> Tensor");
+      "ScalarType out_dtype, MemoryFormat? memory_format=None) -> Tensor");
   m.def(
       "_multi_crop_backward(Tensor grad, Tensor boxes, float[]? std, Tensor? flip, SymInt height, "
       "SymInt width) -> Tensor");

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import ops
+from . import accel
 from .config import TrainConfig
 from .phases import NoPhases
 from .scoring import prior_logits
@@ -41,9 +42,8 @@ class CropPipeline:
         cfg = self.cfg
         with phases.phase("crops"):
             boxes = boxes.to(self.device, non_blocking=True)
-            crops = ops.multi_crop(images, boxes, cfg.crop_size, mean=cfg.mean, std=cfg.std, flip=flip)
-            if cfg.memory_format == "channels_last":
-                crops = crops.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+            crops = ops.multi_crop(images, boxes, cfg.crop_size, mean=cfg.mean, std=cfg.std, flip=flip,
+                                   memory_format=accel.memory_format(cfg.memory_format))
         with phases.phase("saliency prior"):
             # The map is computed on the padded batch; boxes lie inside each image's valid region.
             prior = prior_logits(ops.crop_saliency(ops.spectral_residual(images), boxes))

@@ -22,7 +22,8 @@ def _channel_values(values):
     return None if values is None else [float(v) for v in values]
 
 
-def multi_crop(images, boxes, size, mean=None, std=None, flip=None, out_dtype=torch.float32):
+def multi_crop(images, boxes, size, mean=None, std=None, flip=None, out_dtype=torch.float32,
+               memory_format=torch.contiguous_format):
     """Crop, resize (bilinear), optionally mirror and normalise many boxes per image in one pass.
 
     Args:
@@ -34,6 +35,10 @@ def multi_crop(images, boxes, size, mean=None, std=None, flip=None, out_dtype=to
         mean, std: per-channel sequences (0..1 scale) or None (0 and 1).
         flip: optional bool ``[B, N]``: mirror that crop left-right.
         out_dtype: float32, float16 or bfloat16.
+        memory_format: ``torch.contiguous_format``, or ``torch.channels_last``: the crops are written in
+            NHWC order (memory ``[B, N, S_h, S_w, C]``) and returned as a strided ``[B, N, C, S_h, S_w]``
+            view with the same values, so ``out.flatten(0, 1)`` is a channels-last batch for a
+            channels-last network (no transpose copy).
 
     Returns:
         ``[B, N, C, S_h, S_w]`` of ``out_dtype``: ``F.interpolate(crop, size, mode="bilinear",
@@ -47,7 +52,8 @@ def multi_crop(images, boxes, size, mean=None, std=None, flip=None, out_dtype=to
         torch.Size([2, 2, 3, 32, 32])
     """
     return torch.ops.lmcl.multi_crop.default(
-        images, boxes, _crop_size(size), _channel_values(mean), _channel_values(std), flip, out_dtype
+        images, boxes, _crop_size(size), _channel_values(mean), _channel_values(std), flip, out_dtype,
+        memory_format=memory_format,
     )
 
 
@@ -75,7 +81,7 @@ def _check_std_fake(op, std):
 
 
 @torch.library.register_fake("lmcl::multi_crop")
-def _multi_crop_fake(images, boxes, size, mean, std, flip, out_dtype):
+def _multi_crop_fake(images, boxes, size, mean, std, flip, out_dtype, memory_format=None):
     op = "multi_crop"
     torch._check_type(images.dtype in (torch.uint8, torch.float32), lambda: (
         f"{op}: images must be uint8 [B, H, W, C] or float32 [B, C, H, W], got {images.dtype}"))
@@ -93,6 +99,11 @@ def _multi_crop_fake(images, boxes, size, mean, std, flip, out_dtype):
     _check_std_fake(op, std)
     torch._check_type(out_dtype in _MULTI_CROP_OUT_DTYPES,
                       lambda: f"{op}: out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
+    torch._check_value(memory_format in (None, torch.contiguous_format, torch.channels_last), lambda: (
+        f"{op}: memory_format must be torch.contiguous_format or torch.channels_last, got {memory_format}"))
+    if memory_format == torch.channels_last:
+        return images.new_empty((boxes.shape[0], boxes.shape[1], size[0], size[1], channels),
+                                dtype=out_dtype).permute(0, 1, 4, 2, 3)
     return images.new_empty((boxes.shape[0], boxes.shape[1], channels, size[0], size[1]), dtype=out_dtype)
 
 
@@ -114,7 +125,7 @@ def _multi_crop_backward_fake(grad, boxes, std, flip, height, width):
 
 
 def _multi_crop_setup_context(ctx, inputs, output):
-    images, boxes, size, _mean, std, flip, _out_dtype = inputs
+    images, boxes, size, _mean, std, flip, _out_dtype = inputs[:7]
     ctx.save_for_backward(boxes, flip)
     ctx.std = std
     ctx.image_hw = (images.shape[2], images.shape[3])  # float images are [B, C, H, W]
@@ -125,7 +136,7 @@ def _multi_crop_backward(ctx, grad):
     grad_images = None
     if ctx.needs_input_grad[0]:
         grad_images = torch.ops.lmcl._multi_crop_backward.default(grad, boxes, ctx.std, flip, *ctx.image_hw)
-    return grad_images, None, None, None, None, None, None
+    return grad_images, None, None, None, None, None, None, None
 
 
 def _multi_crop_backward_setup_context(ctx, inputs, output):

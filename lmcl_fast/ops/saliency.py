@@ -44,7 +44,6 @@ def spectral_residual(images: torch.Tensor, long_side: int = 64, sigma: float = 
             raise RuntimeError(
                 f"spectral_residual: uint8 images must have shape [B, H, W, C], got {list(images.shape)}"
             )
-        # A channels-last view; channels are converted one at a time below (no full float copy).
         x = images.permute(0, 3, 1, 2)
     elif images.dtype == torch.float32:
         if images.dim() != 4:
@@ -63,11 +62,15 @@ def spectral_residual(images: torch.Tensor, long_side: int = 64, sigma: float = 
     F = torch.nn.functional
     B, C, H, W = x.shape
 
-    def channel(c):
-        v = x[:, c : c + 1]
-        return v.to(torch.float32) / 255.0 if v.dtype == torch.uint8 else v
-
-    grey = channel(0) if C == 1 else _LUMA[0] * channel(0) + _LUMA[1] * channel(1) + _LUMA[2] * channel(2)
+    if images.dtype == torch.uint8:
+        # The float image it stands for, converted in one dense pass (channels-last): full-size float
+        # temporaries are what this function costs on the CPU (each one's page faults), so few of them.
+        x = images.to(torch.float32).div_(255.0).permute(0, 3, 1, 2)
+    if C == 1:
+        grey = x
+    else:  # luma as one matrix-vector product over the pixels (uint8 and float inputs: the same arithmetic)
+        luma = torch.tensor(_LUMA, dtype=torch.float32, device=x.device)
+        grey = torch.mv(x.permute(0, 2, 3, 1).reshape(-1, 3), luma).view(B, 1, H, W)
     long = max(H, W)
     if long > long_side:
         size = (max(1, (H * long_side + long // 2) // long), max(1, (W * long_side + long // 2) // long))
@@ -88,4 +91,6 @@ def spectral_residual(images: torch.Tensor, long_side: int = 64, sigma: float = 
     sal = F.interpolate(sal, size=(H, W), mode="bilinear", align_corners=False)[:, 0]
     low, high = torch.aminmax(sal.reshape(B, -1), dim=1)
     low, high = low.view(B, 1, 1), high.view(B, 1, 1)
-    return (sal - low) / (high - low).clamp_min(_SR_RANGE_FLOOR)
+    if sal.requires_grad:  # aminmax's backward needs sal as it is
+        return (sal - low) / (high - low).clamp_min(_SR_RANGE_FLOOR)
+    return sal.sub_(low).div_((high - low).clamp_min(_SR_RANGE_FLOOR))  # in place: no full-size temporaries

@@ -17,8 +17,9 @@ lmcl::MultiCropGrid<lmcl::HostGridLauncher> backend(int64_t threads, int64_t max
 at::Tensor multi_crop_grid(const at::Tensor& images, const at::Tensor& boxes, at::IntArrayRef size,
                            std::optional<at::ArrayRef<double>> mean, std::optional<at::ArrayRef<double>> std,
                            const std::optional<at::Tensor>& flip, at::ScalarType out_dtype, int64_t threads,
-                           int64_t max_blocks) {
-  return lmcl::multi_crop_forward(backend(threads, max_blocks), images, boxes, size, mean, std, flip, out_dtype);
+                           int64_t max_blocks, std::optional<at::MemoryFormat> memory_format) {
+  return lmcl::multi_crop_forward(backend(threads, max_blocks), images, boxes, size, mean, std, flip, out_dtype,
+                                  memory_format);
 }
 
 at::Tensor multi_crop_backward_grid(const at::Tensor& grad, const at::Tensor& boxes,
@@ -43,7 +44,7 @@ TORCH_LIBRARY_FRAGMENT(lmcl_grid, m) {
   m.def("multi_crop_unchecked(Tensor images, Tensor boxes, int[] size) -> Tensor");
   m.def(
       "multi_crop(Tensor images, Tensor boxes, int[] size, float[]? mean, float[]? std, Tensor? flip, "
-      "ScalarType out_dtype, int threads, int max_blocks) -> Tensor");
+      "ScalarType out_dtype, int threads, int max_blocks, MemoryFormat? memory_format=None) -> Tensor");
   m.def(
       "multi_crop_backward(Tensor grad, Tensor boxes, float[]? std, Tensor? flip, int height, int width, "
       "int threads, int max_blocks) -> Tensor");
