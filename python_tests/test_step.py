@@ -1,7 +1,5 @@
 """How the branches run (core/accel.py): torch.compile and channels-last give the eager numbers, checkpoints
 are interchangeable, the compile policy; CUDA graphs (compile mode reduce-overhead) on a GPU."""
-import os
-
 import pytest
 import torch
 
@@ -75,21 +73,18 @@ def test_compiled_step_matches_eager_and_checkpoints_interchange(synthetic, tmp_
     _assert_same_grads(eager, compiled, tol)
     torch.testing.assert_close(_steps(compiled, 2, 1), _steps(eager, 2, 1), **TOLERANCES[("compiled run", torch.float32)])
 
-    # The checkpoint of the compiled run holds the plain modules' keys and loads into an eager predictor.
+    # The checkpoint of the compiled run holds the plain modules' keys and loads into an eager predictor and
+    # into a compiled one (one static batch shape: the short batch is padded), which score alike.
     compiled.save()
     ck = ckpt_io.load(compiled.ckpt_path)
     assert not [k for m in ck["models"].values() for k in m if "_orig_mod" in k]
-    pred, _ = Predictor.from_checkpoint(compiled.ckpt_path, "cpu", compile="off")
-    loader = eager.loader
-    loader.set_epoch(0)
-    batch = next(iter(loader))
-    short = {k: batch[k][:5] for k in ("images", "heights", "widths")}  # padded to the static batch
-    want = Predictor(eager.cfg, eager.branches(), eager.mos_mean, eager.mos_std, eager.device).predict_batch(**short)
-    torch.testing.assert_close(pred.predict_batch(**short), want, **tol)
-    # A compiled predictor (one static batch shape; the short batch is padded) scores the same.
+    plain, _ = Predictor.from_checkpoint(compiled.ckpt_path, "cpu", compile="off")
     fast, _ = Predictor.from_checkpoint(compiled.ckpt_path, "cpu", compile="default")
-    assert fast.compile_mode == "default" and fast.static_crops == 8 * 4
-    torch.testing.assert_close(fast.predict_batch(**short), want, **tol)
+    assert plain.compile_mode is None and fast.compile_mode == "default" and fast.static_crops == 8 * 4
+    eager.loader.set_epoch(0)
+    batch = next(iter(eager.loader))
+    short = {k: batch[k][:5] for k in ("images", "heights", "widths")}
+    torch.testing.assert_close(fast.predict_batch(**short), plain.predict_batch(**short), **tol)
 
 
 def test_compile_policy():
@@ -118,16 +113,14 @@ def test_cuda_graph_step_matches_eager(synthetic, tmp_path, mutual):
     assert accel.uses_cuda_graphs(graphs.compile_mode)
     tol = TOLERANCES[("compiled step", torch.float32)]
     for step in range(4):  # warm-up, capture, then replays: each step from the same weights
-        graphs.models["a"].load_state_dict(eager.models["a"].state_dict())
-        if "b" in eager.models:
-            graphs.models["b"].load_state_dict(eager.models["b"].state_dict())
+        for k, model in eager.models.items():
+            graphs.models[k].load_state_dict(model.state_dict())  # in place: the graphs' addresses stay
         _steps(graphs, step + 1, step), _steps(eager, step + 1, step)
         _assert_same_grads(eager, graphs, tol)
     graphs.save()
     fast, _ = Predictor.from_checkpoint(graphs.ckpt_path, "cuda", compile="reduce-overhead")
-    want = Predictor(eager.cfg, eager.branches(), eager.mos_mean, eager.mos_std, eager.device)
+    plain, _ = Predictor.from_checkpoint(graphs.ckpt_path, "cuda", compile="off")
     eager.loader.set_epoch(0)
-    for batch in list(eager.loader)[:3]:
+    for batch in list(eager.loader)[:3]:  # recorded, then replayed
         short = {k: batch[k][:5] for k in ("images", "heights", "widths")}
-        torch.testing.assert_close(fast.predict_batch(**short), want.predict_batch(**short), **tol)
-    assert os.path.isfile(graphs.ckpt_path)
+        torch.testing.assert_close(fast.predict_batch(**short), plain.predict_batch(**short), **tol)
