@@ -93,20 +93,15 @@ def _cmd_predict(args) -> int:
 def _cmd_bench(args) -> int:
     if args.step:
         from .bench_step import run_step_bench
+        from .core.dist import DistContext, resolve_device
 
-        device = "cpu" if args.device == "auto" and not _cuda() else ("cuda" if args.device == "auto" else args.device)
+        device = str(resolve_device(args.device, DistContext()))
         print(run_step_bench(args.variants.split(","), steps=args.steps, device=device, threads=args.threads))
         return 0
     from .bench_quick import run_quick_bench
 
     print(run_quick_bench(args.device, args.repeats))
     return 0
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _cmd_demo(args) -> int:
