@@ -12,7 +12,7 @@ def _cmd_make_synthetic(args) -> int:
     from .data import make_synthetic
 
     path = make_synthetic(args.src, args.out, levels=args.levels, seed=args.seed, max_images=args.max_images,
-                          size=args.size)
+                          size=args.size, distortions=args.distortions)
     print(path)
     return 0
 
@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--max-images", type=int, default=None, help="use at most this many photos")
     s.add_argument("--size", type=int, default=None, help="resize the photos to this side first")
+    s.add_argument("--distortions", default="basic", choices=("basic", "kadid"),
+                   help="distortion catalogue: basic (5 types, the demo's) or kadid (the 25 KADID-10k types)")
     s.set_defaults(func=_cmd_make_synthetic)
 
     s = sub.add_parser("train", help="train (and evaluate) on K content-aware splits",
