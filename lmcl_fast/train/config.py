@@ -37,8 +37,9 @@ class TrainConfig:
     decoder: str = _f("auto", "image decoder (auto: DALI on CUDA when installed, else Pillow)",
                       ("auto", "pillow", "dali"))
     # model
-    arch: str = _f("resnet18", "backbone", ("tiny", "resnet18", "resnet50"))
-    weights: str = _f("", "torchvision-format ResNet state_dict file to initialise the backbone(s)")
+    arch: str = _f("resnet18", "backbone", ("tiny", "resnet18", "resnet50", "vit_s16"))
+    weights: str = _f("", "weight file to initialise the backbone(s): a torchvision ResNet state_dict, or a timm "
+                      "vit_small_patch16_224 / DeiT-S one for vit_s16 (the classifier is dropped)")
     embed_dim: int = _f(128, "contrastive embedding size D")
     proj_hidden: int = _f(512, "hidden width of the projection MLP")
     head_hidden: int = _f(128, "hidden width of the saliency and quality MLPs")
