@@ -20,8 +20,6 @@ def extract_features(model, cfg, pipeline, dataset, indices, device, num_workers
     """Pooled features of dataset[indices]. `model`: an IQANet (its heads give the saliency weights when
     cfg.pooling is "saliency") or a bare backbone (mean pooling). Returns dict(features float64 [n, F],
     mos [n], rows (dataset row of each feature), skipped names)."""
-    from ..train.objective import crop_scores
-
     backbone = getattr(model, "backbone", model)
     was_training = model.training
     model.eval()
