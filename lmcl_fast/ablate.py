@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 
 import numpy as np
-from scipy import stats
 
 # Variant name -> TrainConfig fields changed from the base configuration.
 VARIANTS = {
@@ -55,6 +55,8 @@ def paired_test(diffs) -> dict:
     """Paired comparison over splits of variant - reference differences: median difference, wins (> 0),
     losses (< 0), ties, two-sided Wilcoxon signed-rank p (exact for small K; NaN when every difference is 0)
     and two-sided sign-test p (binomial on wins vs losses)."""
+    from scipy import stats
+
     d = np.asarray([x for x in diffs if x is not None and math.isfinite(x)], dtype=np.float64)
     wins, losses = int((d > 0).sum()), int((d < 0).sum())
     out = {"n": int(d.size), "median_diff": float(np.median(d)) if d.size else float("nan"),
@@ -164,3 +166,72 @@ def write_report(out_dir: str, base_config: dict, variants: list, results: dict,
         fh.write(table + "\n")
     bar_chart(summary, os.path.join(out_dir, "ablation.png"), f"ablation over {splits} splits (test set)")
     return report
+
+
+# Fields that change where or how fast a run goes, not its numbers: they may differ when an ablation resumes.
+_OPERATIONAL = ("out_dir", "num_workers", "decoder", "device", "log_every", "save_every")
+
+
+def _check_same_base(saved: dict, base: dict, path: str) -> None:
+    diffs = sorted(k for k in base if k not in _OPERATIONAL and saved.get(k) != base[k])
+    if diffs:
+        raise ValueError(f"ablate: {path} holds an ablation of another configuration (fields {diffs} differ); "
+                         f"give the same options to resume it, or another --out-dir")
+
+
+def run_ablation(base, variants: list | None = None, progress: bool = True, max_runs: int | None = None) -> dict:
+    """Train and evaluate every (variant, split) of the base TrainConfig under base.out_dir, split by split (so
+    an interrupted ablation already has complete pairs), skipping runs whose metrics.json exists and continuing
+    unfinished ones from their checkpoints. `max_runs` bounds the runs trained in this call. Returns the
+    report (see write_report), written after every run."""
+    from tqdm import tqdm
+
+    from .core import checkpoint as ckpt_io
+    from .core.config import check_compatible
+    from .data import IQADataset
+    from .experiment import experiment_splits, run_split
+
+    variants = list(variants or VARIANTS)
+    out = base.out_dir
+    os.makedirs(out, exist_ok=True)
+    cfg_path = os.path.join(out, "config.json")
+    if os.path.isfile(cfg_path):
+        with open(cfg_path) as fh:
+            _check_same_base(json.load(fh), json.loads(json.dumps(base.to_dict())), cfg_path)
+    base.to_json(cfg_path)
+    dataset = IQADataset(base.root, base.csv, lower_is_better=base.lower_is_better)
+    splits = experiment_splits(base, dataset)
+    K = len(splits)
+
+    def run_dir(v, i):
+        return os.path.join(out, v, f"split_{i:02d}")
+
+    results = {v: [None] * K for v in variants}
+    for v in variants:
+        for i in range(K):
+            path = os.path.join(run_dir(v, i), "metrics.json")
+            if os.path.isfile(path):
+                with open(path) as fh:
+                    results[v][i] = json.load(fh)["metrics"]
+    done = sum(m is not None for per in results.values() for m in per)
+    bar = tqdm(total=len(variants) * K, initial=done, desc="ablation", disable=not progress, file=sys.stderr)
+    ran = 0
+    for i, (train_idx, test_idx) in enumerate(splits):
+        for v in variants:
+            if results[v][i] is not None:
+                continue
+            if max_runs is not None and ran >= max_runs:
+                bar.close()
+                return write_report(out, base.to_dict(), variants, results, K)
+            cfg = base.replace(**VARIANTS[v], out_dir=os.path.join(out, v))
+            ckpt = os.path.join(run_dir(v, i), "last.pt")
+            if os.path.exists(ckpt):
+                check_compatible(cfg, ckpt_io.load(ckpt)["config"], f"existing checkpoint {ckpt}")
+            bar.set_postfix_str(f"split {i} {v}")
+            result, _ = run_split(cfg, dataset, i, train_idx, test_idx, run_dir(v, i), resume=True, progress=False)
+            results[v][i] = result["metrics"]
+            ran += 1
+            write_report(out, base.to_dict(), variants, results, K)
+            bar.update(1)
+    bar.close()
+    return write_report(out, base.to_dict(), variants, results, K)

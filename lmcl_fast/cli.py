@@ -18,10 +18,13 @@ def _cmd_make_synthetic(args) -> int:
 
 
 def _train_config(args):
+    """The configuration of train / ablate / probe: --config FILE (or, resuming, the run's own config.json),
+    then --preset, then the options given."""
     from .core.config import TrainConfig, config_from_args
+    from .core.presets import preset
 
     base = TrainConfig.from_json(args.config) if args.config else None
-    if base is None and args.resume:
+    if base is None and getattr(args, "resume", False):
         # Resuming: start from the run's own config; options given on the command line override it
         # (the model-shaping ones must still match the checkpoints, see SHAPE_FIELDS).
         out_dir = getattr(args, "out_dir", TrainConfig().out_dir)
@@ -29,6 +32,8 @@ def _train_config(args):
         if not os.path.isfile(saved):
             raise SystemExit(f"lmcl train: --resume: no {saved} (nothing to resume in --out-dir {out_dir})")
         base = TrainConfig.from_json(saved)
+    if args.preset:
+        base = (base or TrainConfig()).replace(**preset(args.preset))
     return config_from_args(args, base)
 
 
@@ -49,6 +54,22 @@ def _cmd_train(args) -> int:
     if summary is not None and dist.is_main:
         print(summary["table"])
         print(f"results: {os.path.join(cfg.out_dir, 'metrics.json')}")
+    return 0
+
+
+def _cmd_ablate(args) -> int:
+    from .ablate import parse_variants, run_ablation
+
+    cfg = _train_config(args)
+    if not cfg.root or not cfg.csv:
+        raise SystemExit("lmcl ablate: --root and --csv are required (or --config FILE)")
+    try:
+        variants = parse_variants(args.variants)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    report = run_ablation(cfg, variants, progress=not args.no_progress, max_runs=args.stop_after_runs)
+    print(report["table"])
+    print(f"results: {os.path.join(cfg.out_dir, 'ablation.json')}")
     return 0
 
 
@@ -104,7 +125,11 @@ def _cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .ablate import VARIANT_HELP
     from .core.config import add_config_args
+    from .core.presets import PRESETS
+
+    PRESET_NAMES = tuple(PRESETS)
 
     p = argparse.ArgumentParser(prog="lmcl", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -128,11 +153,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="JSON config file (as written next to the checkpoints) to start from")
     s.add_argument("--resume", action="store_true",
                    help="continue the run in --out-dir from its split_XX/last.pt checkpoints")
+    s.add_argument("--preset", choices=PRESET_NAMES, help="a named configuration (options given override it)")
     s.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
                    help="stop after this many epochs in this invocation (resume later with --resume)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_config_args(s)
     s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("ablate", help="train named variants of a config on the same K splits; paired tests",
+                       description="Train and evaluate each variant (the full method and ablations of its parts) "
+                                   "on the same --splits K content-aware splits with the same seeds, then report per "
+                                   "variant the median and range of SRCC/PLCC over the splits and, against the full "
+                                   "method, the per-split differences with a Wilcoxon signed-rank and a sign test. "
+                                   "Writes OUT_DIR/<variant>/split_XX/ and OUT_DIR/ablation.{json,md,png}; running "
+                                   "it again skips finished runs and continues unfinished ones.")
+    s.add_argument("--config", help="JSON config file to start from")
+    s.add_argument("--preset", choices=PRESET_NAMES, help="a named configuration (options given override it)")
+    s.add_argument("--variants", default=None,
+                   help="comma-separated subset of: " + ", ".join(f"{k} ({v})" for k, v in VARIANT_HELP.items())
+                        + "; the full method always runs (default: all)")
+    s.add_argument("--stop-after-runs", type=int, default=None, metavar="RUNS",
+                   help="train at most this many (variant, split) runs in this invocation")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_args(s)
+    s.set_defaults(func=_cmd_ablate)
 
     s = sub.add_parser("eval", help="evaluate a checkpoint (its own test split) or a run folder (all splits)")
     s.add_argument("path", help="a checkpoint (split_XX/last.pt) or a run folder with split_XX/ folders")
