@@ -1,4 +1,4 @@
-"""The `lmcl` command line: make-synthetic, train, eval, predict, bench, demo (`lmcl <cmd> -h`)."""
+"""The `lmcl` command line: make-synthetic, train, ablate, eval, probe, predict, bench, demo (`lmcl <cmd> -h`)."""
 from __future__ import annotations
 
 import argparse
@@ -70,6 +70,25 @@ def _cmd_ablate(args) -> int:
     report = run_ablation(cfg, variants, progress=not args.no_progress, max_runs=args.stop_after_runs)
     print(report["table"])
     print(f"results: {os.path.join(cfg.out_dir, 'ablation.json')}")
+    return 0
+
+
+def _cmd_probe(args) -> int:
+    from .probe import run_probe
+
+    cfg = _train_config(args)
+    if args.path is None and not (cfg.root and cfg.csv):
+        raise SystemExit("lmcl probe: give a checkpoint / run folder, or --weights FILE (or none) with --root and --csv")
+    if args.path is not None and bool(cfg.root) != bool(cfg.csv):
+        raise SystemExit("lmcl probe: give both --root and --csv to probe a checkpoint on another dataset")
+    out = args.out or (os.path.join(args.path if os.path.isdir(args.path) else os.path.dirname(args.path), "probe")
+                       if args.path else os.path.join(cfg.out_dir, "probe"))
+    try:
+        summary = run_probe(cfg, args.path, out, data_override=bool(cfg.root))
+    except ValueError as e:
+        raise SystemExit(f"lmcl {e}") from None
+    print(summary["table"])
+    print(f"results: {os.path.join(out, 'metrics.json')}")
     return 0
 
 
@@ -188,6 +207,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="where to write metrics.json / scatter.png (default: the run folder, or "
                                  "eval/ next to the checkpoint)")
     s.set_defaults(func=_cmd_eval)
+
+    s = sub.add_parser("probe", help="linear probe: frozen backbone features + ridge regression per split",
+                       description="The linear-probe protocol (as CONTRIQUE): per-image features of a frozen "
+                                   "backbone (crop features pooled as the predictor pools crop scores), a ridge "
+                                   "regressor fitted on the training part of each split (penalty chosen by 5-fold "
+                                   "cross-validation on that part, folds grouped by content), metrics on the test "
+                                   "part, summarised over the splits. PATH: a checkpoint or a run folder (each split "
+                                   "checkpoint on its own split, or with --root/--csv on --splits splits of that "
+                                   "dataset); without PATH, --arch and --weights (a torchvision ResNet or timm ViT-S "
+                                   "file) on --root/--csv.")
+    s.add_argument("path", nargs="?", default=None, help="a checkpoint (split_XX/last.pt) or a run folder")
+    s.add_argument("--config", help="JSON config file to start from")
+    s.add_argument("--preset", choices=PRESET_NAMES, help="a named configuration (options given override it)")
+    s.add_argument("--out", help="output folder (default: PATH/probe, or OUT_DIR/probe)")
+    add_config_args(s)
+    s.set_defaults(func=_cmd_probe)
 
     s = sub.add_parser("predict", help="print a predicted quality score per image")
     s.add_argument("images", nargs="+")

@@ -251,6 +251,35 @@ def test_objective_terms_and_gradients(mutual):
     assert (b.projection.net[0].weight.grad is not None) == (mutual == "peer")
 
 
+def test_objective_single_branch_and_random_anchor():
+    """The ablation switches: mutual=none (no second branch: own detached embeddings as the teacher, no KL) and
+    anchor=random (uniform anchors from the global torch generator)."""
+    from lmcl_fast import ops
+    from lmcl_fast.core.scoring import crop_scores
+    from lmcl_fast.train.objective import compute_losses
+
+    torch.manual_seed(3)
+    B, N = 4, 5
+    a = build_model("tiny")
+    crops, prior, target = torch.randn(B * N, 3, 16, 16), torch.randn(B, N), torch.randn(B)
+    out = a(crops)
+    z = out.z.view(B, N, -1)
+    cfg = TrainConfig(arch="tiny", mutual="none", lambda_lmc=0.3)
+    kw = dict(tau=cfg.tau, intra_weight=cfg.intra_weight, manifold_weight=cfg.manifold_weight)
+    terms = compute_losses(cfg, out, None, prior, target)
+    anchor = crop_scores(out, prior, cfg.prior_weight).argmax(1)
+    tol = TOLERANCES[("lmc_loss", torch.float32)]
+    torch.testing.assert_close(terms.lmc, ops.lmc_loss(z, anchor, z.detach(), **kw), **tol)
+    assert terms.kl.item() == 0.0
+
+    random_cfg = cfg.replace(anchor="random")
+    torch.manual_seed(11)
+    terms = compute_losses(random_cfg, out, None, prior, target)
+    torch.manual_seed(11)
+    drawn = torch.randint(0, N, (B,))
+    torch.testing.assert_close(terms.lmc, ops.lmc_loss(z, drawn, z.detach(), **kw), **tol)
+
+
 def test_saliency_pooling_weights_crops_by_score():
     from lmcl_fast.core.scoring import image_quality
     from lmcl_fast.models import CropOutputs

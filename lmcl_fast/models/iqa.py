@@ -54,28 +54,29 @@ def build_model(arch: str, embed_dim: int = 128, proj_hidden: int = 512, head_hi
     return IQANet(build_backbone(arch), embed_dim, proj_hidden, head_hidden)
 
 
-def load_backbone_weights(model: IQANet, path: str) -> list:
+def load_backbone_weights(model: nn.Module, path: str) -> list:
     """Load a weight file into the backbone: a torchvision-format ResNet state_dict (e.g.
     resnet18-f37072fd.pth) or a timm / DeiT ViT-S/16 one (vit_small_patch16_224, deit_small_patch16_224;
     a {"model": ...} or {"state_dict": ...} wrapper is unwrapped).
 
     The classifier (`fc.*`, `head.*`) is dropped (the IQA model has its own heads); every other key must match
-    in name and shape. Returns the dropped keys."""
+    in name and shape. `model`: an IQANet (its backbone is loaded) or a bare backbone. Returns the dropped keys."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     dropped = sorted(k for k in state if k.startswith(_CLASSIFIER_PREFIXES))
     state = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
-    own = model.backbone.state_dict()
+    backbone = getattr(model, "backbone", model)
+    own = backbone.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     bad = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or bad:
         raise ValueError(
-            f"weights: {path} does not fit the {type(model.backbone).__name__} backbone: "
+            f"weights: {path} does not fit the {type(backbone).__name__} backbone: "
             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
             f"{'...' if len(unexpected) > 5 else ''}, shape mismatch {bad[:5]}"
         )
-    model.backbone.load_state_dict(state)
+    backbone.load_state_dict(state)
     return dropped

@@ -54,7 +54,8 @@ def extract_features(model, cfg, pipeline, dataset, indices, device, num_workers
 
 def probe_split(extracted: dict, train_idx, test_idx, groups: list, folds: int = 5, seed: int = 0) -> dict:
     """Fit the ridge probe on the rows of train_idx (CV folds grouped by `groups[row]`) and score test_idx.
-    Rows that were unreadable are left out. Returns dict(metrics, pred, mos, alpha, rows)."""
+    Rows that were unreadable are left out. Returns dict(metrics, pred, mos, alpha, rows): `alpha` is the chosen
+    penalty as a multiple of the number of training rows."""
     pos = {r: k for k, r in enumerate(extracted["rows"])}
     tr = [pos[int(i)] for i in train_idx if int(i) in pos]
     te = [pos[int(i)] for i in test_idx if int(i) in pos]
