@@ -78,7 +78,8 @@ def _cmd_probe(args) -> int:
 
     cfg = _train_config(args)
     if args.path is None and not (cfg.root and cfg.csv):
-        raise SystemExit("lmcl probe: give a checkpoint / run folder, or --weights FILE (or none) with --root and --csv")
+        raise SystemExit("lmcl probe: give a checkpoint / run folder, or --weights FILE (or none) with --root "
+                         "and --csv")
     if args.path is not None and bool(cfg.root) != bool(cfg.csv):
         raise SystemExit("lmcl probe: give both --root and --csv to probe a checkpoint on another dataset")
     out = args.out or (os.path.join(args.path if os.path.isdir(args.path) else os.path.dirname(args.path), "probe")

@@ -3,9 +3,8 @@ import csv
 
 import pytest
 
-from lmcl_fast.data import IQADataset
+from lmcl_fast.data import IQADataset, random_splits
 from lmcl_fast.data.holdout import holdout_split, row_types
-from lmcl_fast.eval.metrics import random_splits
 
 
 def test_holdout_split_has_no_held_out_type_in_training(synthetic, tmp_path):

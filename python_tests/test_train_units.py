@@ -34,8 +34,8 @@ def test_config_json_round_trip(tmp_path):
     assert json.loads(path.read_text())["mean"] == [0.5, 0.5, 0.5]
 
 
-@pytest.mark.parametrize("field,value", [("arch", "vgg"), ("mutual", "solo"), ("anchor", "first"), ("n_crops", 1), ("batch_size", 1),
-                                         ("crop_scale_min", 0.0), ("train_frac", 1.0), ("epochs", 0),
+@pytest.mark.parametrize("field,value", [("arch", "vgg"), ("mutual", "solo"), ("anchor", "first"), ("n_crops", 1),
+                                         ("batch_size", 1), ("crop_scale_min", 0.0), ("train_frac", 1.0), ("epochs", 0),
                                          ("amp", "fp8"), ("mean", (0.5, 0.5))])
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):

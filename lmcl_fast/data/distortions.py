@@ -293,7 +293,8 @@ BASIC = (
 
 # KADID-10k's 25 types in the paper's order (its numbering in the comments).
 KADID = (
-    Distortion("gblur", 0.85, "Gaussian blur sigma (px)", 0.0, (0.5, 1.0, 1.5, 2.5, 4.0), _on_array(_gaussian_blur)),  # 1
+    Distortion("gblur", 0.85, "Gaussian blur sigma (px)", 0.0, (0.5, 1.0, 1.5, 2.5, 4.0),
+               _on_array(_gaussian_blur)),  # 1
     Distortion("lensblur", 0.85, "disc (defocus) kernel radius (px)", 0.0, (1, 2, 3, 4, 6), _on_array(_lens_blur)),  # 2
     Distortion("motionblur", 0.80, "line kernel length (px), random angle", 0.0, (2, 4, 6, 9, 13),
                _on_array(_motion_blur)),  # 3
@@ -303,8 +304,10 @@ KADID = (
                integer=True),  # 5
     Distortion("colorquant", 0.70, "palette colours (median cut, no dither)", 256, (64, 32, 16, 10, 6),
                _on_array(_colour_quantisation), integer=True),  # 6
-    Distortion("desaturate", 0.45, "HSV saturation factor", 1.0, (0.8, 0.6, 0.4, 0.2, 0.0), _on_array(_desaturate_hsv)),  # 7
-    Distortion("oversaturate", 0.50, "chroma (Cb, Cr) gain", 1.0, (1.4, 1.8, 2.3, 3.0, 4.0), _on_array(_saturate_ycc)),  # 8
+    Distortion("desaturate", 0.45, "HSV saturation factor", 1.0, (0.8, 0.6, 0.4, 0.2, 0.0),
+               _on_array(_desaturate_hsv)),  # 7
+    Distortion("oversaturate", 0.50, "chroma (Cb, Cr) gain", 1.0, (1.4, 1.8, 2.3, 3.0, 4.0),
+               _on_array(_saturate_ycc)),  # 8
     Distortion("jpeg2000", 0.85, "JPEG 2000 compression ratio", 1.0, (20, 40, 80, 140, 220), _on_array(_jpeg2000)),  # 9
     Distortion("jpeg", 0.90, "JPEG quality", 100, (45, 30, 18, 9, 4), None, integer=True, jpeg=True),  # 10
     Distortion("whitenoise", 0.80, "Gaussian noise variance (0..1 scale)", 0.0,
@@ -317,7 +320,8 @@ KADID = (
                _on_array(_multiplicative_noise)),  # 14
     Distortion("denoise", 0.70, "noise variance before a 5 x 5 Wiener filter", 0.0,
                (0.001, 0.003, 0.006, 0.012, 0.025), _on_array(_denoise)),  # 15
-    Distortion("brighten", 0.50, "a of the curve x^(1 / (1 + a))", 0.0, (0.15, 0.3, 0.5, 0.8, 1.2), _on_array(_brighten)),  # 16
+    Distortion("brighten", 0.50, "a of the curve x^(1 / (1 + a))", 0.0, (0.15, 0.3, 0.5, 0.8, 1.2),
+               _on_array(_brighten)),  # 16
     Distortion("darken", 0.55, "a of the curve x^(1 + a)", 0.0, (0.15, 0.3, 0.5, 0.8, 1.2), _on_array(_darken)),  # 17
     Distortion("meanshift", 0.50, "value added to every channel (0..1 scale)", 0.0, (0.04, 0.08, 0.12, 0.17, 0.23),
                _on_array(_mean_shift)),  # 18
@@ -332,7 +336,8 @@ KADID = (
                _on_array(_colour_blocks), integer=True),  # 23
     Distortion("sharpen", 0.55, "unsharp mask percent (radius 2 px)", 0, (60, 120, 200, 320, 500), _on_array(_sharpen),
                integer=True),  # 24
-    Distortion("contrast", 0.60, "Pillow contrast factor", 1.0, (0.8, 0.65, 0.5, 0.35, 0.2), _on_array(_contrast)),  # 25
+    Distortion("contrast", 0.60, "Pillow contrast factor", 1.0, (0.8, 0.65, 0.5, 0.35, 0.2),
+               _on_array(_contrast)),  # 25
 )
 
 CATALOGUES = {"basic": BASIC, "kadid": KADID}
