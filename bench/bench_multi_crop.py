@@ -91,3 +91,64 @@ def test_multi_crop_cpu(benchmark, contender, two_threads):
 def test_multi_crop_cuda(benchmark, contender):
     images, boxes, flips = _case(64, 512, 384, 8, 224, "cuda")
     _run(benchmark, contender, "cuda", images, boxes, flips, (224, 224), torch.bfloat16)
+
+
+@pytest.mark.benchmark(group="multi_crop-B32-384x512x3-uint8-N8-224-bf16-cpu")
+@pytest.mark.parametrize("contender", ["lmcl", "eager"])
+def test_multi_crop_cpu_bf16(benchmark, contender, two_threads):
+    images, boxes, flips = _case(32, 384, 512, 8, 224, "cpu")
+    _run(benchmark, contender, "cpu", images, boxes, flips, (224, 224), torch.bfloat16)
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("contender", ["lmcl", "fill_"])
+def test_multi_crop_cpu_reused_output(benchmark, contender, out_dtype, two_threads):
+    """B=4 (19 MB float32 output): the allocator reuses the freed output block, so no page faults; the
+    kernel against writing the same bytes with fill_ (this machine's write floor for that buffer)."""
+    benchmark.group = f"multi_crop-B4-reused-output-{str(out_dtype)[6:]}-cpu"
+    images, boxes, flips = _case(4, 384, 512, 8, 224, "cpu", seed=1)
+    if contender == "lmcl":
+        out = benchmark(lambda: multi_crop(images, boxes, (224, 224), mean=MEAN, std=STD, flip=flips,
+                                           out_dtype=out_dtype))
+    else:
+        buf = torch.empty((4, 8, 3, 224, 224), dtype=out_dtype)
+        out = benchmark(lambda: buf.fill_(1.0))
+    nbytes = out.numel() * out.element_size()
+    extra = dict(bytes_written=nbytes, contender=contender)
+    if benchmark.stats is not None:
+        extra["GB/s written"] = round(nbytes / benchmark.stats.stats.min / 1e9, 2)
+    record(benchmark, "cpu", **extra)
+
+
+@pytest.mark.benchmark(group="multi_crop-backward-B8-384x512x3-float32-N8-224-cpu")
+@pytest.mark.parametrize("contender", ["lmcl", "eager"])
+def test_multi_crop_cpu_backward(benchmark, contender, two_threads):
+    """Gradient w.r.t. float32 images [B, 3, H, W] (autograd.grad only; the forward builds the graph
+    outside the timed region). B=8 keeps the eager contender's CI smoke run short."""
+    images, boxes, flips = _case(8, 384, 512, 8, 224, "cpu")
+    x = images.permute(0, 3, 1, 2).float().div(255).contiguous().requires_grad_(True)
+    grad = torch.randn(8, 8, 3, 224, 224)
+    mean = torch.tensor(MEAN).view(3, 1, 1)
+    std = torch.tensor(STD).view(3, 1, 1)
+    box_rows, flip_rows = boxes.tolist(), flips.tolist()
+
+    def crop_fn(crop, size, mean, std):
+        return (F.interpolate(crop, size=size, mode="bilinear", align_corners=False, antialias=False)[0] - mean) / std
+
+    if contender == "lmcl":
+        out = multi_crop(x, boxes, (224, 224), mean=MEAN, std=STD, flip=flips)
+    else:
+        out = _loop_float(crop_fn, x, box_rows, flip_rows, (224, 224), mean, std)
+    (g,) = benchmark(lambda: torch.autograd.grad(out, x, grad, retain_graph=True))
+    assert g.shape == x.shape
+    record(benchmark, "cpu", contender=contender)
+
+
+def _loop_float(crop_fn, x, box_rows, flips, size, mean, std):
+    """_loop on float32 [B, C, H, W] images (no uint8 conversion)."""
+    out = []
+    for b, row in enumerate(box_rows):
+        for n, (t, l, h, w) in enumerate(row):
+            crop = crop_fn(x[b : b + 1, :, t : t + h, l : l + w], size, mean, std)
+            out.append(crop.flip(-1) if flips[b][n] else crop)
+    return torch.stack(out).view(len(box_rows), len(box_rows[0]), *out[0].shape)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _cost import lmc_loss_flops, multi_crop_bytes  # noqa: E402
+from _harness import device_name  # noqa: E402
 from bench_lmc_loss import reference_lmc_loss  # noqa: E402
 
 from lmcl_fast.ops import lmc_loss, multi_crop, sample_boxes  # noqa: E402
@@ -287,8 +288,7 @@ def main():
     before = loadavg()
     fill = fill_rate(4 * 8 * 3 * 224 * 224 * 4, 20)
     mm = mm_rate(2048, 5)
-    lines = [f"Machine: {torch.__config__.parallel_info().splitlines()[0]}; {os.cpu_count()} CPUs; torch "
-             f"{torch.__version__}; load average before: {before}", "",
+    lines = [f"Machine: {device_name('cpu')}; torch {torch.__version__}; load average before: {before}", "",
              f"fill_ on a reused 19 MB float32 buffer: {fill / 1e9:.1f} GB/s; torch.mm 2048^3 float32: "
              f"{mm / 1e9:.0f} GFLOP/s (2 threads)", ""]
     if "multi_crop" in only:

@@ -1,5 +1,5 @@
-// multi_crop and _multi_crop_backward on the CPU: the entries of host/multi_crop.h on a backend that runs
-// at::parallel_for over a separable form of the math in kernels/multi_crop.h (same taps, same tap_mix,
+// multi_crop and its backward on the CPU: the at::parallel_for backend of host/multi_crop.h, running a
+// separable form of the math in kernels/multi_crop.h (same taps, same tap_mix,
 // rows first, then columns). Forward: one chunk = a block of output rows of one crop; each row is
 // resampled vertically into a small float row (all channels, interleaved) and then horizontally, four
 // output pixels at a time. Backward: one chunk = whole image planes (b, c), so every thread owns what it
