@@ -24,8 +24,8 @@ def _crop_eager(crop_u8, size, mean, std):
     return (x - mean) / std
 
 
-def _loop(crop_fn, images, box_rows, flips, size, mean, std):
-    x = images.permute(0, 3, 1, 2)  # [B, C, H, W] view of the NHWC uint8 batch
+def _loop(crop_fn, x, box_rows, flips, size, mean, std):
+    """crop_fn on every box of x [B, C, H, W] (a view of the NHWC uint8 batch, or float32 images)."""
     out = []
     for b, row in enumerate(box_rows):
         for n, (t, l, h, w) in enumerate(row):
@@ -47,13 +47,14 @@ def _contender(name, images, boxes, flips, size, out_dtype):
     mean = torch.tensor(MEAN, device=device).view(3, 1, 1)
     std = torch.tensor(STD, device=device).view(3, 1, 1)
     box_rows, flip_rows = boxes.tolist(), flips.tolist()  # host copies made outside the timed region
+    x = images.permute(0, 3, 1, 2)  # [B, C, H, W] view of the NHWC uint8 batch
     if name == "lmcl":
         return lambda: multi_crop(images, boxes, size, mean=MEAN, std=STD, flip=flips, out_dtype=out_dtype)
     if name == "eager":
-        return lambda: _loop(_crop_eager, images, box_rows, flip_rows, size, mean, std).to(out_dtype)
+        return lambda: _loop(_crop_eager, x, box_rows, flip_rows, size, mean, std).to(out_dtype)
     torch._dynamo.reset()
     compiled = torch.compile(_crop_eager, dynamic=True)
-    fn = lambda: _loop(compiled, images, box_rows, flip_rows, size, mean, std).to(out_dtype)  # noqa: E731
+    fn = lambda: _loop(compiled, x, box_rows, flip_rows, size, mean, std).to(out_dtype)  # noqa: E731
     fn()  # warm-up: compile outside the timed region
     return fn
 
@@ -138,17 +139,8 @@ def test_multi_crop_cpu_backward(benchmark, contender, two_threads):
     if contender == "lmcl":
         out = multi_crop(x, boxes, (224, 224), mean=MEAN, std=STD, flip=flips)
     else:
-        out = _loop_float(crop_fn, x, box_rows, flip_rows, (224, 224), mean, std)
+        out = _loop(crop_fn, x, box_rows, flip_rows, (224, 224), mean, std)
     (g,) = benchmark(lambda: torch.autograd.grad(out, x, grad, retain_graph=True))
     assert g.shape == x.shape
     record(benchmark, "cpu", contender=contender)
 
-
-def _loop_float(crop_fn, x, box_rows, flips, size, mean, std):
-    """_loop on float32 [B, C, H, W] images (no uint8 conversion)."""
-    out = []
-    for b, row in enumerate(box_rows):
-        for n, (t, l, h, w) in enumerate(row):
-            crop = crop_fn(x[b : b + 1, :, t : t + h, l : l + w], size, mean, std)
-            out.append(crop.flip(-1) if flips[b][n] else crop)
-    return torch.stack(out).view(len(box_rows), len(box_rows[0]), *out[0].shape)

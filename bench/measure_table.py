@@ -296,7 +296,8 @@ def main():
     if "lmc_loss" in only:
         lines += measure_lmc_loss(args.rounds, mm) + [""]
     if "spin" in only:
-        lines += ["| case | 2 threads min / median (ms) | 1 thread min / median (ms) | ratio | |", "|---|---|---|---|---|"]
+        lines += ["| case | 2 threads min / median (ms) | 1 thread min / median (ms) | ratio | |",
+                  "|---|---|---|---|---|"]
         lines += measure_spinning(max(3, args.rounds // 2)) + [""]
     if args.big:
         lines += ["| case | time | | | |", "|---|---|---|---|---|"] + measure_big(mm) + [""]
