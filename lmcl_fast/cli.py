@@ -75,11 +75,11 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from .core.predictor import Predictor
+    from .core.metric import load_metric
 
-    predictor, _ = Predictor.from_checkpoint(args.checkpoint, args.device)
+    metric = load_metric(args.checkpoint, args.device)
     failed = 0
-    for path, score, err in predictor.predict_files(args.images):
+    for path, score, err in metric.file_scores(args.images):
         if err is None:
             print(f"{score:.4f}\t{path}")
         else:

@@ -1,4 +1,4 @@
-"""The evaluator: a Predictor's scores of a dataset (or of a checkpoint's test split), metrics per split and
+"""The evaluator: a QualityMetric's scores of a dataset (or of a checkpoint's test split), metrics per split and
 their median/spread over K splits; a terminal table, metrics.json and a prediction-vs-MOS scatter PNG."""
 from __future__ import annotations
 
@@ -9,19 +9,20 @@ import os
 
 import numpy as np
 
-from ..core.predictor import Predictor
+from ..core import checkpoint as ckpt_io
+from ..core.metric import QualityMetric
 from ..data import IQADataset, make_loader
 from .metrics import compute_metrics, format_table, scatter_plot, summarize
 
 
-def evaluate(predictor: Predictor, dataset, indices, batch_size: int | None = None,
+def evaluate(metric: QualityMetric, dataset, indices, batch_size: int | None = None,
              num_workers: int | None = None) -> dict:
     """Predict dataset[indices] and compute the metrics (against the larger-is-better MOS)."""
-    cfg = predictor.cfg
+    cfg = metric.cfg
     loader = make_loader(dataset.subset([int(i) for i in indices]), batch_size or cfg.batch_size, shuffle=False,
                          seed=cfg.seed, num_workers=cfg.num_workers if num_workers is None else num_workers,
-                         decoder=cfg.decoder, device=str(predictor.device))
-    res = predictor.predict_loader(loader)
+                         decoder=cfg.decoder, device=str(metric.device))
+    res = metric.predict_loader(loader)
     if len(res["pred"]) < 3:
         raise ValueError(f"eval: {len(res['pred'])} readable test images; need at least 3 for the metrics")
     res["metrics"] = compute_metrics(res["pred"], res["mos"])
@@ -61,20 +62,21 @@ def summarize_results(out_dir: str, results: list, title: str, write: bool = Tru
 def evaluate_checkpoint(path: str, device: str = "auto", root: str | None = None, csv_path: str | None = None,
                         lower_is_better: bool | None = None, num_workers: int | None = None) -> dict:
     """Evaluate a checkpoint on its own test split, or, given root and csv_path, on that whole dataset."""
-    predictor, ck = Predictor.from_checkpoint(path, device)
-    cfg = predictor.cfg
+    ck = ckpt_io.load(path)
+    metric = QualityMetric.from_state(ck, device)
+    cfg = metric.cfg
     if root or csv_path:
         if not (root and csv_path):
             raise ValueError("eval: give both --root and --csv to evaluate on another dataset")
         lib = cfg.lower_is_better if lower_is_better is None else lower_is_better
         dataset = IQADataset(root, csv_path, lower_is_better=lib)
-        return evaluate(predictor, dataset, range(len(dataset.names)), num_workers=num_workers)
+        return evaluate(metric, dataset, range(len(dataset.names)), num_workers=num_workers)
     dataset = IQADataset(cfg.root, cfg.csv, lower_is_better=cfg.lower_is_better)
     names = [dataset.names[i] for i in ck["split"]["test_idx"]]
     if names != ck["split"]["test_names"]:
         raise ValueError(f"eval: the dataset {cfg.csv} changed since {path} was trained (its test split no "
                          f"longer names the same images)")
-    return evaluate(predictor, dataset, ck["split"]["test_idx"], num_workers=num_workers)
+    return evaluate(metric, dataset, ck["split"]["test_idx"], num_workers=num_workers)
 
 
 def split_checkpoints(run_dir: str) -> list:
