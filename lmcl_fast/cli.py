@@ -88,6 +88,21 @@ def _cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
+def _cmd_score(args) -> int:
+    from .score import main_score
+
+    return main_score(args)
+
+
+def _cmd_export(args) -> int:
+    from .core.metric import export_metric
+
+    export_metric(args.checkpoint, args.out)
+    print(f"lmcl export: {args.out} ({os.path.getsize(args.out) / 1e6:.1f} MB; read it with "
+          f"lmcl_fast.load_metric or lmcl score --checkpoint)", file=sys.stderr)
+    return 0
+
+
 def _cmd_bench(args) -> int:
     from .bench_quick import run_quick_bench
 
@@ -148,6 +163,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True, help="a split_XX/last.pt checkpoint")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=_cmd_predict)
+
+    s = sub.add_parser("score", help="score many image files into a CSV (batched, resumable, torchrun-aware)",
+                       description="Score image files, folders (searched recursively) and list files (.txt, .lst, "
+                                   ".list: one path per line, relative to the list's folder) into OUT (CSV "
+                                   "name,mos, or name,dmos for a lower-is-better model). Unreadable files go to "
+                                   "ERRORS (name,error) and never stop the run. Rerunning continues an interrupted "
+                                   "run. Under torchrun each rank scores its shard and rank 0 merges.")
+    s.add_argument("paths", nargs="+", help="image files, folders or list files")
+    s.add_argument("--checkpoint", required=True, help="a split_XX/last.pt checkpoint or an `lmcl export` file")
+    s.add_argument("--out", required=True, help="CSV of scores")
+    s.add_argument("--errors", default=None, help="CSV of unreadable files (default: OUT without .csv + .errors.csv)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="Pillow decoding processes, or DALI threads (default: min(4, CPUs))")
+    s.add_argument("--decoder", default="auto", choices=("auto", "pillow", "dali"),
+                   help="auto: DALI on CUDA when installed, else Pillow")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=_cmd_score)
+
+    s = sub.add_parser("export", help="write a small inference-only file of a checkpoint (for load_metric)")
+    s.add_argument("checkpoint", help="a split_XX/last.pt checkpoint")
+    s.add_argument("out", help="the file to write")
+    s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("bench", help="quick timing of the ops and of one training step (no data needed)")
     s.add_argument("--device", default="auto")

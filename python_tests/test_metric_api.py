@@ -10,27 +10,10 @@ from PIL import Image
 
 import lmcl_fast
 from lmcl_fast.core import checkpoint as ckpt_io
-from lmcl_fast.core.config import TrainConfig
 from lmcl_fast.core.metric import export_metric
-from lmcl_fast.models import build_model
+from lmcl_testing import tiny_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-SMALL = dict(arch="tiny", embed_dim=8, proj_hidden=16, head_hidden=8, crop_size=16, eval_grid=2, min_crop=8,
-             device="cpu", amp="off")
-
-
-def tiny_checkpoint(path, mutual="peer", lower_is_better=False, pooling="saliency"):
-    """A training checkpoint (format 3) of untrained tiny branches, written without training."""
-    cfg = TrainConfig(mutual=mutual, lower_is_better=lower_is_better, pooling=pooling, **SMALL)
-    torch.manual_seed(1)
-    models = {k: build_model(cfg.arch, cfg.embed_dim, cfg.proj_hidden, cfg.head_hidden).state_dict()
-              for k in (("a", "b") if mutual == "peer" else ("a", "teacher"))}
-    ckpt_io.save_atomic({"format": ckpt_io.FORMAT, "config": cfg.to_dict(), "models": models,
-                         "optimizer": {"state": {}, "param_groups": []}, "rng": [ckpt_io.rng_state()],
-                         "mos_stats": {"mean": 50.0, "std": 10.0}}, str(path))
-    return str(path)
-
 
 @pytest.fixture(scope="module")
 def metric(tmp_path_factory):

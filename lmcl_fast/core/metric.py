@@ -105,14 +105,15 @@ class QualityMetric(nn.Module):
                 m.train(t)
         return pred * self.mos_std + self.mos_mean
 
-    def _to_label_units(self, pred: torch.Tensor) -> torch.Tensor:
+    def to_label_units(self, pred: torch.Tensor) -> torch.Tensor:
+        """predict_batch's larger-is-better prediction -> the labels' units (DMOS for a lower_better model)."""
         return -pred if self.lower_better else pred
 
     def forward(self, images) -> torch.Tensor:
         batch, heights, widths = self._as_batch(images)
         if batch.shape[0] == 0:
             return torch.zeros(0, dtype=torch.float32, device=self.device)
-        return self._to_label_units(self.predict_batch(batch, heights, widths))
+        return self.to_label_units(self.predict_batch(batch, heights, widths))
 
     @staticmethod
     def _as_batch(images) -> tuple:
@@ -165,7 +166,7 @@ class QualityMetric(nn.Module):
             if pending:
                 images, heights, widths = pad_images([im for _, im in pending])
                 with torch.no_grad():
-                    scores = self._to_label_units(self.predict_batch(images, heights, widths)).tolist()
+                    scores = self.to_label_units(self.predict_batch(images, heights, widths)).tolist()
                 results.extend(FileScore(p, s, None) for (p, _), s in zip(pending, scores))
                 pending.clear()
 

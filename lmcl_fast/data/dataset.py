@@ -152,6 +152,15 @@ class IQADataset(torch.utils.data.Dataset):
         return (names, np.asarray(mos, dtype=np.float64),
                 np.asarray(std, dtype=np.float64) if i_std is not None else None, refs)
 
+    @classmethod
+    def from_files(cls, paths) -> "IQADataset":
+        """A dataset of image files without labels (mos 0), for scoring: names are the paths as given (read
+        as they are, not under a root)."""
+        names = [str(p) for p in paths]
+        ds = cls.__new__(cls)
+        ds._init("", "", False, names, np.zeros(len(names)), None, list(names))
+        return ds
+
     def __len__(self) -> int:
         return len(self.names)
 
