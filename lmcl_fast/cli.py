@@ -53,7 +53,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from .eval.runner import evaluate_checkpoint, split_checkpoints, summarize_results, write_result
+    from .eval.runner import evaluate_checkpoint, json_safe, split_checkpoints, summarize_results, write_result
 
     paths = split_checkpoints(args.path) if os.path.isdir(args.path) else [args.path]
     if not paths:
@@ -67,7 +67,7 @@ def _cmd_eval(args) -> int:
     out = args.out or (args.path if os.path.isdir(args.path) else os.path.join(os.path.dirname(args.path), "eval"))
     if len(results) == 1 and not os.path.isdir(args.path):
         write_result(out, results[0], os.path.basename(args.path))
-        print(json.dumps(results[0]["metrics"], indent=2))
+        print(json.dumps(json_safe(results[0]["metrics"]), indent=2))
     else:
         print(summarize_results(out, results, os.path.basename(os.path.normpath(args.path)))["table"])
     print(f"results: {os.path.join(out, 'metrics.json')}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import math
 import os
 
 import numpy as np
@@ -29,11 +30,28 @@ def evaluate(metric: QualityMetric, dataset, indices, batch_size: int | None = N
     return res
 
 
+def json_safe(value):
+    """NaN and infinities -> None (JSON null), recursively: metrics.json stays strict JSON that jq and
+    JavaScript read (a failed fit gives NaN)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: str, obj: dict) -> None:
+    with open(path, "w") as fh:
+        json.dump(json_safe(obj), fh, indent=2, allow_nan=False)
+        fh.write("\n")
+
+
 def write_result(out_dir: str, result: dict, title: str) -> None:
     """metrics.json, predictions.csv and scatter.png of one evaluation."""
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as fh:
-        json.dump({"metrics": result["metrics"], "skipped": result["skipped"]}, fh, indent=2)
+    write_json(os.path.join(out_dir, "metrics.json"), {"metrics": result["metrics"], "skipped": result["skipped"]})
     with open(os.path.join(out_dir, "predictions.csv"), "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["name", "mos", "pred"])
@@ -51,8 +69,7 @@ def summarize_results(out_dir: str, results: list, title: str, write: bool = Tru
     if not write:
         return {"summary": summary, "splits": per_split, "skipped": skipped, "table": table}
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as fh:
-        json.dump({"splits": per_split, "summary": summary, "skipped": skipped}, fh, indent=2)
+    write_json(os.path.join(out_dir, "metrics.json"), {"splits": per_split, "summary": summary, "skipped": skipped})
     pred = np.concatenate([r["pred"] for r in results])
     mos = np.concatenate([r["mos"] for r in results])
     scatter_plot(pred, mos, os.path.join(out_dir, "scatter.png"), f"{title} ({len(results)} split(s), test images)")
