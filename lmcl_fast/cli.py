@@ -94,6 +94,19 @@ def _cmd_score(args) -> int:
     return main_score(args)
 
 
+def _cmd_prepare(args) -> int:
+    from .data.recipes import prepare
+
+    out = args.out or f"{args.name.lower()}{f'_{args.split}' if args.split else ''}.csv"
+    rec = prepare(args.name, args.root, out, args.split)
+    counts = "".join(f", {k} {v}" for k, v in rec.get("split_counts", {}).items())
+    print(f"lmcl prepare: {rec['rows']} images{counts} -> {out} (read {', '.join(rec['read'])}; record in "
+          f"{out}.json)", file=sys.stderr)
+    flag = " --lower-is-better" if rec["lower_is_better"] else ""
+    print(f"train with: lmcl train --root {args.root} --csv {out}{flag}", file=sys.stderr)
+    return 0
+
+
 def _cmd_export(args) -> int:
     from .core.metric import export_metric
 
@@ -182,6 +195,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: DALI on CUDA when installed, else Pillow")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_cmd_score)
+
+    s = sub.add_parser("prepare", help="turn a standard IQA dataset's official label files into this project's CSV",
+                       description="Read the official label files of NAME under ROOT (koniq10k, spaq, livec, "
+                                   "kadid10k, tid2013, live, csiq, flive) and write OUT (name,mos|dmos[,std][,ref]"
+                                   "[,split]; names relative to ROOT) and OUT.json (what was read, lower_is_better). "
+                                   "See the README's dataset table for the files and where to get each dataset.")
+    s.add_argument("name", help="dataset: koniq10k, spaq, livec, kadid10k, tid2013, live, csiq or flive")
+    s.add_argument("root", help="the dataset's folder as downloaded (FLIVE: its database/ folder)")
+    s.add_argument("--out", default=None, help="CSV to write (default: NAME.csv, or NAME_SPLIT.csv)")
+    s.add_argument("--split", choices=("train", "val", "test"), default=None,
+                   help="only this part of the official split (KonIQ-10k, FLIVE)")
+    s.set_defaults(func=_cmd_prepare)
 
     s = sub.add_parser("export", help="write a small inference-only file of a checkpoint (for load_metric)")
     s.add_argument("checkpoint", help="a split_XX/last.pt checkpoint")
