@@ -73,6 +73,18 @@ class QualityMetric(nn.Module):
             branches.append(model.to(dev).eval())
         return cls(cfg, branches, state["mos_stats"]["mean"], state["mos_stats"]["std"], dev, as_loss)
 
+    def save(self, path: str) -> None:
+        """Write the inference-only file load_metric reads (`lmcl export`): the config, the branches' weights and
+        the MOS normalisation, as tensors and plain containers."""
+        keys = _branch_keys(self.cfg)
+        if len(keys) != len(self.branches):
+            raise ValueError(f"QualityMetric.save: mutual={self.cfg.mutual} predicts with {len(keys)} branch(es), "
+                             f"this metric has {len(self.branches)}")
+        ckpt_io.save_atomic({"format": ckpt_io.METRIC_FORMAT, "config": self.cfg.to_dict(),
+                             "models": {k: {n: t.detach().cpu() for n, t in m.state_dict().items()}
+                                        for k, m in zip(keys, self.branches)},
+                             "mos_stats": {"mean": self.mos_mean, "std": self.mos_std}}, path)
+
     # ------------------------------------------------------------------------------------------- scoring
     def _forward_branch(self, model: nn.Module, crops: torch.Tensor) -> CropOutputs:
         """crops [B, N, 3, S, S] -> per-crop outputs [B*N]. On the CPU one image's N crops per call: oneDNN and
@@ -221,13 +233,7 @@ def load_metric(path: str, device="auto", as_loss: bool = False) -> QualityMetri
     return metric.eval()
 
 
-def export_metric(checkpoint: str, out: str) -> dict:
+def export_metric(checkpoint: str, out: str) -> None:
     """Write the inference-only file of a training checkpoint: the predicting branches' weights, the config and
-    the MOS normalisation (no optimizer, EMA teacher, RNG or history). Returns what was written."""
-    ck = ckpt_io.load(checkpoint)
-    cfg = TrainConfig.from_dict(ck["config"])
-    state = {"format": ckpt_io.METRIC_FORMAT, "config": ck["config"],
-             "models": {k: ck["models"][k] for k in _branch_keys(cfg)},
-             "mos_stats": {"mean": float(ck["mos_stats"]["mean"]), "std": float(ck["mos_stats"]["std"])}}
-    ckpt_io.save_atomic(state, out)
-    return state
+    the MOS normalisation (no optimizer, EMA teacher, RNG or history)."""
+    QualityMetric.from_state(ckpt_io.load(checkpoint), "cpu").save(out)
