@@ -5,7 +5,8 @@ Models: the demo's tiny CNN (`lmcl demo`'s config: 4 x 4 grid of 64-pixel crops,
 default ResNet-18 config (3 x 3 grid of 224-pixel crops, two branches), untrained (speed does not depend on the
 weights). Files: the 24 Kodak24 photos of shared/data/photos (500 x 500) re-encoded as JPEG quality 90.
 
-As a script (`python bench/bench_score.py [--rounds R] [--arch tiny resnet18]`) the two ways run interleaved in
+As a script (`python bench/bench_score.py [--rounds R] [--arch tiny resnet18] [--copies C]`; each photo is
+written C times, default 4 = 96 files) the two ways run interleaved in
 one process, R rounds each, and it prints min and median images/s, their ratio and the load average before and
 after. Under pytest (CI: --benchmark-disable) each way runs once on a few files as a smoke test.
 """
@@ -45,13 +46,16 @@ def write_model(path: str, arch: str) -> str:
     return path
 
 
-def write_jpegs(folder: str, limit: int | None = None) -> list:
+def write_jpegs(folder: str, limit: int | None = None, copies: int = 1) -> list:
+    """The Kodak photos as JPEG q90, each written `copies` times under its own name (more files per run, so a
+    run's fixed costs, such as starting the decoding workers, weigh as little as in a large job)."""
     kodak = os.path.join(PHOTOS, "kodak24")
     names = sorted(os.listdir(kodak))[:limit]
     paths = []
-    for n in names:
-        paths.append(os.path.join(folder, n.rsplit(".", 1)[0] + ".jpg"))
-        Image.open(os.path.join(kodak, n)).convert("RGB").save(paths[-1], quality=90)
+    for c in range(copies):
+        for n in names:
+            paths.append(os.path.join(folder, f"{n.rsplit('.', 1)[0]}_{c}.jpg"))
+            Image.open(os.path.join(kodak, n)).convert("RGB").save(paths[-1], quality=90)
     return paths
 
 
@@ -94,10 +98,11 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--arch", nargs="+", default=["tiny", "resnet18"], choices=sorted(MODELS))
     ap.add_argument("--images", type=int, default=None, help="use the first N photos (default: all 24)")
+    ap.add_argument("--copies", type=int, default=4, help="write each photo this many times (default 4: 96 files)")
     args = ap.parse_args(argv)
     tmp = tempfile.mkdtemp(prefix="bench_score_")
     try:
-        paths = write_jpegs(tmp, args.images)
+        paths = write_jpegs(tmp, args.images, args.copies)
         out_dir = os.path.join(tmp, "out")
         os.makedirs(out_dir)
         print(f"load average before: {open('/proc/loadavg').read().split()[:3]}; torch threads "
