@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.utils.data import DistributedSampler
 
 from lmcl_fast.data import IQADataset, make_loader
 from lmcl_fast.eval.metrics import random_splits
@@ -220,12 +221,41 @@ def test_loader_starts_an_epoch_part_way(synthetic):
                          drop_last=True)
     loader.set_epoch(2)
     full = [b["index"] for b in loader]
-    loader.set_epoch(2, start_batch=3)
+    loader.set_epoch(2, start=3 * 2 * 4)  # 3 global batches of 2 ranks x 4 rows consumed
     tail = [b["index"] for b in loader]
-    assert len(full) == len(loader) == 5 and len(tail) == 2
+    assert len(full) == len(loader) == 5 and len(tail) == 2 == loader.batches(24)
     assert all(torch.equal(a, b) for a, b in zip(tail, full[3:]))
-    with pytest.raises(ValueError, match="start_batch"):
-        loader.set_epoch(2, start_batch=6)
+    with pytest.raises(ValueError, match="start"):
+        loader.set_epoch(2, start=len(loader.dataset) + 1)
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_shards_are_distributed_samplers_and_resume_on_any_world_size(synthetic, drop_last):
+    ds = IQADataset(*synthetic)  # 44 rows
+    for world in (1, 2, 3, 5):
+        for rank in range(world):
+            loader = make_loader(ds, 4, shuffle=True, seed=3, num_workers=0, rank=rank, world_size=world,
+                                 drop_last=drop_last)
+            loader.set_epoch(1)
+            ref = DistributedSampler(ds, world, rank, shuffle=True, seed=3, drop_last=drop_last)
+            ref.set_epoch(1)
+            assert list(loader.sampler) == list(ref)
+    # Global batches (G = 8 rows) of 2 ranks, then of 1 and of 4 from row 16 on: the rows of the epoch's
+    # order in sequence, each once.
+    def global_rows(world, batch, start):
+        shards = []
+        for rank in range(world):
+            loader = make_loader(ds, batch, shuffle=True, seed=3, num_workers=0, rank=rank, world_size=world,
+                                 drop_last=True)
+            loader.set_epoch(1, start=start)
+            shards.append([b["index"].tolist() for b in loader])
+        # rank r's j-th row of a step is row r + world * j of the step's global batch
+        return [i for step in zip(*shards) for column in zip(*step) for i in column]
+
+    order = global_rows(1, 8, 0)
+    assert len(order) == 40 and len(set(order)) == 40
+    assert global_rows(2, 4, 0)[:16] + global_rows(1, 8, 16) == order
+    assert sorted(global_rows(2, 4, 0)[:16] + global_rows(4, 2, 16)) == sorted(order)
 
 
 def test_global_batch_larger_than_the_training_set_is_refused(synthetic, tmp_path):
