@@ -163,6 +163,7 @@ class DaliLoader(_Loader):
     def __init__(self, dataset, batch_size, shuffle, seed, num_workers, device, rank, world_size, drop_last,
                  host_batches=False):
         super().__init__(dataset, batch_size, shuffle, seed, device, rank, world_size, drop_last)
+        self.meta_device = torch.device("cpu") if host_batches else device
         self.num_threads = max(1, num_workers)
         if device.type == "cuda":
             self.device_id = device.index if device.index is not None else torch.cuda.current_device()
@@ -232,15 +233,15 @@ class DaliLoader(_Loader):
                 self._pipe = None  # a failed DALI pipeline is no longer valid
                 images, heights, widths, kept = self._decode_one_by_one(kept, data, skipped)
         rows = np.asarray(kept, dtype=np.int64)
-        return _batch_to(dict(
-            images=images,
+        meta = _batch_to(dict(
             heights=heights,
             widths=widths,
             mos=torch.from_numpy(self.dataset.mos[rows].astype(np.float32)),
             index=torch.from_numpy(rows),
             names=[self.dataset.names[i] for i in kept],
             skipped=skipped,
-        ), self.device)
+        ), self.meta_device)
+        return dict(images=images.to(self.device), **meta)
 
     def _decode_one_by_one(self, kept: list, data: list, skipped: list):
         good_rows, good_images = [], []
@@ -275,8 +276,8 @@ def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, num_worke
     `device` is CUDA, else Pillow). Rows are sharded by `rank`/`world_size` and shuffled per epoch exactly as
     DistributedSampler does: every rank gets ceil(len / world_size) rows, the first few repeated when the
     length does not divide, or with `drop_last` floor(len / world_size) rows, none repeated, and only whole
-    batches. Tensors of each batch are on `device`; with `host_batches` the Pillow path leaves them in (pinned,
-    when `device` is CUDA) host memory for the caller to copy (DALI decodes on `device` anyway). Unreadable
+    batches. Tensors of each batch are on `device`; with `host_batches` they stay in host memory (pinned when
+    `device` is CUDA) for the caller to copy, except DALI's images, decoded on `device`. Unreadable
     files are listed by name in the batch's `skipped` and left out of it (B may be 0).
     """
     if decoder not in DECODERS:
