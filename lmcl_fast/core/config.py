@@ -83,8 +83,8 @@ class TrainConfig:
     save_every: int = _f(0, "steps between mid-epoch checkpoints (0: a checkpoint after every epoch only)")
     tensorboard: bool = _f(True, "write TensorBoard event files to split_XX/tensorboard (rank 0) when the "
                            "tensorboard package is installed")
-    log_images: bool = _f(False, "record the images of every batch in split_XX/images_rank<R>.jsonl (audit of the "
-                          "data order)")
+    log_images: bool = _f(False, "record the images of every batch in split_XX/images_rankN.jsonl, N the rank "
+                          "(audit of the data order)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
