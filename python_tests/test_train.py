@@ -258,3 +258,42 @@ def test_replanned_schedule_goes_on_at_the_same_fraction_of_the_run():
     assert sch2.last_epoch == round(30 * 10 / 8)
     # The multiplier is where it was (37.5 of 100 steps vs 30 of 80), the peak scaled by 8 / 10.
     torch.testing.assert_close(opt2.param_groups[0]["lr"], 0.8 * opt.param_groups[0]["lr"], rtol=2e-2, atol=0)
+
+
+def test_cuda_step_timer_reads_its_events_only_at_log_time(monkeypatch):
+    """The CUDA path without a GPU: fake events on a fake clock. Recording never waits; read() waits for the
+    last event once and turns consecutive events into the phases."""
+    from lmcl_fast.train import throughput
+
+    clock, synced = [0.0], []
+
+    class FakeEvent:
+        def __init__(self, enable_timing):
+            assert enable_timing
+
+        def record(self, stream):
+            self.t = clock[0]
+
+        def synchronize(self):
+            synced.append(self)
+
+        def elapsed_time(self, end):  # milliseconds, as CUDA events give them
+            return (end.t - self.t) * 1e3
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: None)
+    timer = throughput.StepTimer(torch.device("cuda", 0))
+    for _ in range(2):
+        timer.waited(0.5)
+        timer.begin()
+        for i, phase in enumerate(PHASES[1:], start=1):
+            clock[0] += i  # phase i takes i seconds of device time
+            timer.mark(phase)
+        timer.end(images=8)
+    assert synced == []  # nothing waited for the device during the steps
+    out = timer.read()
+    assert len(synced) == 1
+    assert out["time_ms"]["data"] == pytest.approx(500.0)
+    for i, phase in enumerate(PHASES[1:], start=1):
+        assert out["time_ms"][phase] == pytest.approx(i * 1e3), phase
+    assert out["images_per_s"] > 0 and timer.read() is None  # a new, empty interval

@@ -20,6 +20,7 @@ class StepTimer:
     which the log read (a device-to-host copy of the loss sums) has waited for already."""
 
     def __init__(self, device: torch.device):
+        self.device = device
         self.cuda = device.type == "cuda"
         self.reset()
 
@@ -36,7 +37,7 @@ class StepTimer:
     def _now(self):
         if self.cuda:
             event = torch.cuda.Event(enable_timing=True)
-            event.record()
+            event.record(torch.cuda.current_stream(self.device))
             return event
         return time.perf_counter()
 

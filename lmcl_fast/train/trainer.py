@@ -341,7 +341,7 @@ class Trainer:
             )
         entry = {"step": self.step, "epoch": self.epoch + 1, "lr": self.scheduler.get_last_lr()[0]}
         entry.update({k: v / self._count for k, v in zip(LOSS_NAMES, sums)})
-        entry.update(self.timer.read())  # rank 0's phases; images/s of all ranks together
+        entry.update(self.timer.read() or {})  # rank 0's phases; images/s of all ranks together
         self.history.append(entry)
         if self.dist.is_main:
             with open(os.path.join(self.run_dir, "train_log.jsonl"), "a") as fh:
@@ -366,6 +366,7 @@ class Trainer:
                         mod.eval()
         ran = 0
         n_train = len(self.train_idx)
+        self.timer.reset()  # the first log line's images/s counts from here
         while not self.finished and (max_epochs is None or ran < max_epochs):
             self.loader.set_epoch(self.epoch, start=self.position)
             bar = tqdm(timed(self.loader, self.timer), total=self.steps_per_epoch,
