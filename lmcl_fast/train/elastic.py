@@ -13,6 +13,11 @@ class ResumePlan:
     message: str | None  # what changed, for stderr; None when nothing did
 
 
+def saved_global_batch(ck: dict) -> int:
+    """The global batch a checkpoint was trained with (older checkpoints: world size x per-process batch)."""
+    return ck.get("global_batch", ck["world_size"] * ck["config"]["batch_size"])
+
+
 def resume_plan(saved_global: int, saved_world: int, world: int, batch_size: int) -> ResumePlan:
     """How a checkpoint written with global batch `saved_global` by `saved_world` processes continues on
     `world` processes launched with per-process `batch_size`.

@@ -25,7 +25,7 @@ from ..core.dist import (
 from ..core.pipeline import CropPipeline
 from ..data import make_loader
 from ..models import IQANet, build_model, load_backbone_weights
-from .elastic import elastic_seed, replan_schedule, resume_plan
+from .elastic import elastic_seed, replan_schedule, resume_plan, saved_global_batch
 from .mutual import ema_update
 from .objective import LossTerms, compute_losses
 from .schedule import make_scheduler
@@ -103,8 +103,7 @@ class Trainer:
         plan = None
         if ck is not None and ck["epoch"] < cfg.epochs:
             # Elastic resume: the checkpoint's global batch decides this launch's per-process batch.
-            saved_global = ck.get("global_batch", ck["world_size"] * ck["config"]["batch_size"])
-            plan = resume_plan(saved_global, ck["world_size"], self.dist.world_size, cfg.batch_size)
+            plan = resume_plan(saved_global_batch(ck), ck["world_size"], self.dist.world_size, cfg.batch_size)
             if plan.message and self.dist.is_main:
                 print(f"train: {plan.message}", file=sys.stderr, flush=True)
             cfg = cfg.replace(batch_size=plan.batch_size)
@@ -185,7 +184,7 @@ class Trainer:
                 seed_everything(cfg.seed + self.dist.rank)  # own random streams per rank from here on
         if self.dist.is_main:
             os.makedirs(run_dir, exist_ok=True)
-            cfg.to_json(os.path.join(run_dir, "config.json"))
+            self.cfg.to_json(os.path.join(run_dir, "config.json"))  # with the resume's batch size and lr
             # The logs hold exactly the checkpoint's history: steps logged after it (a killed run) go.
             with open(os.path.join(run_dir, "train_log.jsonl"), "w") as fh:
                 fh.writelines(json.dumps(entry) + "\n" for entry in self.history)
@@ -247,7 +246,7 @@ class Trainer:
         self.scheduler.load_state_dict(ck["scheduler"])
         self.scaler.load_state_dict(ck["scaler"])
         self.step, self.epoch = ck["step"], ck["epoch"]
-        saved_global = ck.get("global_batch", ck["world_size"] * ck["config"]["batch_size"])
+        saved_global = saved_global_batch(ck)
         # Format-2 checkpoints before elastic resume counted batches of the saved global batch.
         self.position = ck.get("epoch_position", ck.get("batch_in_epoch", 0) * saved_global)
         self.history, self.skipped = ck["history"], ck["skipped"]
