@@ -147,8 +147,16 @@ def format_table(rows: list) -> str:
         lines.append(f"{r['op']:<14} {r['shape']:<36} {r['ours_ms']:9.3f} {r['eager_ms']:9.3f} "
                      f"{r['ratio']:7.2f} {floor:>6}  {r['baseline']}{flag}")
     lines.append(f"ratio = min eager time / min op time over interleaved rounds; torch threads 1; "
-                 f"load average {open('/proc/loadavg').read().split()[:3] if os.path.exists('/proc/loadavg') else '?'}")
+                 f"load average {_load_average()}")
     return "\n".join(lines)
+
+
+def _load_average() -> str:
+    try:
+        with open("/proc/loadavg") as fh:
+            return " ".join(fh.read().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 def main(argv=None) -> int:
