@@ -20,6 +20,11 @@ def _cmd_make_synthetic(args) -> int:
 def _train_config(args):
     from .core.config import TrainConfig, config_from_args
 
+    if args.auto_resume:
+        # Resume when --out-dir already holds a run (a restarted or requeued job), else start it.
+        out_dir = getattr(args, "out_dir", None) or (TrainConfig.from_json(args.config).out_dir if args.config
+                                                     else TrainConfig().out_dir)
+        args.resume = os.path.isfile(os.path.join(out_dir, "config.json"))
     base = TrainConfig.from_json(args.config) if args.config else None
     if base is None and args.resume:
         # Resuming: start from the run's own config; options given on the command line override it
@@ -154,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="JSON config file (as written next to the checkpoints) to start from")
     s.add_argument("--resume", action="store_true",
                    help="continue the run in --out-dir from its split_XX/last.pt checkpoints")
+    s.add_argument("--auto-resume", action="store_true",
+                   help="--resume when --out-dir already holds a run, else start a new one (for jobs that a "
+                        "scheduler or torchrun restarts with the same command)")
     s.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
                    help="stop after this many epochs in this invocation (resume later with --resume)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")

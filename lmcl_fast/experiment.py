@@ -45,6 +45,7 @@ def train_splits(cfg: TrainConfig, resume: bool = False, max_epochs: int | None 
         if budget is not None:
             budget -= ran
         if not trainer.finished:
+            trainer.tb.close()
             if dist.is_main:
                 _log(f"train: stopped after epoch {trainer.epoch} of split {i} (checkpoint {ckpt}); "
                      f"resume with --resume")
@@ -56,7 +57,9 @@ def train_splits(cfg: TrainConfig, resume: bool = False, max_epochs: int | None 
         if dist.is_main:
             write_result(run_dir, result, f"split {i}")
             m = result["metrics"]
+            trainer.tb.log_test(m, trainer.step)
             _log(f"split {i}: SRCC {m['srcc']:.4f}  PLCC {m['plcc']:.4f}  ({m['n']} test images)")
+        trainer.tb.close()
         results.append(result)
     summary = summarize_results(cfg.out_dir, results, os.path.basename(os.path.normpath(cfg.out_dir)),
                                 write=dist.is_main)
