@@ -8,7 +8,7 @@ import sys
 from .core import checkpoint as ckpt_io
 from .core.config import TrainConfig, check_compatible
 from .core.dist import DistContext
-from .core.predictor import Predictor
+from .core.metric import QualityMetric
 from .data import IQADataset, random_splits
 from .data.holdout import holdout_split, row_types
 from .eval.runner import evaluate, summarize_results, write_result
@@ -40,18 +40,21 @@ def run_split(cfg: TrainConfig, dataset: IQADataset, index: int, train_idx, test
                       resume=ckpt if resume and os.path.exists(ckpt) else None, progress=progress)
     ran = trainer.fit(max_epochs)
     if not trainer.finished:
+        trainer.tb.close()
         if dist.is_main:
             _log(f"train: stopped after epoch {trainer.epoch} of split {index} (checkpoint {ckpt}); "
                  f"resume with --resume")
         return None, ran
     # Every rank evaluates (identical weights, identical result); rank 0 writes.
-    predictor = Predictor(cfg, trainer.branches(), trainer.mos_mean, trainer.mos_std, trainer.device)
-    result = evaluate(predictor, dataset, test_idx)
+    metric = QualityMetric(cfg, trainer.branches(), trainer.mos_mean, trainer.mos_std, trainer.device)
+    result = evaluate(metric, dataset, test_idx)
     result["skipped"] = sorted(set(result["skipped"]) | set(trainer.skipped))
     if dist.is_main:
         write_result(run_dir, result, f"split {index}")
         m = result["metrics"]
+        trainer.tb.log_test(m, trainer.step)
         _log(f"split {index}: SRCC {m['srcc']:.4f}  PLCC {m['plcc']:.4f}  ({m['n']} test images)")
+    trainer.tb.close()
     return result, ran
 
 

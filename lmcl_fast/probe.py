@@ -12,7 +12,8 @@ import numpy as np
 from .core.config import TrainConfig
 from .core.dist import DistContext, resolve_device
 from .core.pipeline import CropPipeline
-from .core.predictor import Predictor
+from .core import checkpoint as ckpt_io
+from .core.metric import QualityMetric
 from .data import IQADataset
 from .eval.linear_probe import extract_features, probe_split
 from .eval.runner import split_checkpoints, summarize_results, write_result
@@ -70,9 +71,10 @@ def run_probe(cfg: TrainConfig, path: str | None, out_dir: str, data_override: b
             other = IQADataset(cfg.root, cfg.csv, lower_is_better=cfg.lower_is_better)
             other_splits = experiment_splits(cfg, other)
         for j, ckpt in enumerate(ckpts):
-            predictor, ck = Predictor.from_checkpoint(ckpt, str(device))
-            ck_cfg = predictor.cfg.replace(num_workers=cfg.num_workers, batch_size=cfg.batch_size)
-            model = predictor.branches[0]
+            ck = ckpt_io.load(ckpt)
+            metric = QualityMetric.from_state(ck, str(device))
+            ck_cfg = metric.cfg.replace(num_workers=cfg.num_workers, batch_size=cfg.batch_size)
+            model = metric.branches[0]
             if other is None:
                 dataset = IQADataset(ck_cfg.root, ck_cfg.csv, lower_is_better=ck_cfg.lower_is_better)
                 splits = [(np.asarray(ck["split"]["train_idx"]), np.asarray(ck["split"]["test_idx"]))]
