@@ -23,7 +23,7 @@ def _train_config(args):
     from .core.config import TrainConfig, config_from_args
     from .core.presets import preset
 
-    if args.auto_resume:
+    if getattr(args, "auto_resume", False):
         # Resume when --out-dir already holds a run (a restarted or requeued job), else start it.
         out_dir = getattr(args, "out_dir", None) or (TrainConfig.from_json(args.config).out_dir if args.config
                                                      else TrainConfig().out_dir)
