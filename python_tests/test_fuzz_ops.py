@@ -223,14 +223,15 @@ def multi_crop_grad_case(draw):
 def test_multi_crop_backward_fuzz(args):
     images, boxes, size, std, flip, grad = args
     x = images.detach().clone().requires_grad_()
-    multi_crop(x, boxes, size, std=std, flip=flip).backward(grad)
-    assert x.grad.shape == images.shape and x.grad.is_contiguous()
+    # autograd.grad, not .backward(): AccumulateGrad would give x.grad the strides of x.
+    (g,) = torch.autograd.grad(multi_crop(x, boxes, size, std=std, flip=flip), x, grad)
+    assert g.shape == images.shape and g.is_contiguous()
     if grad.numel() == 0:
-        assert not x.grad.any()
+        assert not g.any()
         return
     x64 = images.detach().double().nan_to_num(0.0, 0.0, 0.0).requires_grad_()  # the gradient ignores values
     reference_multi_crop(x64, boxes, size, std=std, flip=flip).backward(grad.double())
-    torch.testing.assert_close(x.grad.double(), x64.grad, **TOLERANCES[("multi_crop backward", torch.float32)])
+    torch.testing.assert_close(g.double(), x64.grad, **TOLERANCES[("multi_crop backward", torch.float32)])
 
 
 # ---------------------------------------------------------------------------------------- sample_boxes
@@ -494,13 +495,17 @@ def test_lmc_loss_group_that_is_not_a_process_group_raises(group):
     expect_error(lambda: lmc_loss(z, idx, group=group), [(TypeError, "group")])
 
 
-def test_lmc_loss_group_without_init_process_group_raises():
+def test_lmc_loss_one_rank_group_equals_no_group(tmp_path):
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    if dist.is_initialized():
         pytest.skip("a process group is initialised in this process")
-    z, idx = torch.randn(2, 3, 4), torch.tensor([0, 1])
-    expect_error(lambda: lmc_loss(z, idx, group=dist.group.WORLD), [(RuntimeError, "group")])
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        z, t, idx = torch.randn(3, 4, 5), torch.randn(3, 4, 5), torch.tensor([0, 3, 1])
+        torch.testing.assert_close(lmc_loss(z, idx, t, group=dist.group.WORLD), lmc_loss(z, idx, t))
+    finally:
+        dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------------------- torch.compile
@@ -562,3 +567,52 @@ def test_spectral_residual_fuzz_compiled(args):
     out, eager = fn(images, long_side, sigma), spectral_residual(images, long_side, sigma)
     torch.testing.assert_close(out, eager, atol=TOLERANCES[("spectral_residual", torch.float32)]["atol"], rtol=0,
                                equal_nan=True)
+
+
+# ---------------------------------------------------------------------------------------- regressions
+# Each case below is a failure the fuzzing found, kept as a fixed example (the bug it was in brackets).
+@pytest.mark.parametrize("name,values", [("mean", (0.5, math.nan, 0.5)), ("std", (0.2, 0.2, math.inf)),
+                                         ("std", (math.nan,) * 3)])
+def test_regression_multi_crop_non_finite_mean_or_std_raises(name, values):
+    # [accepted: every output value of that channel came back NaN, 0 or Inf]
+    images, boxes = torch.zeros((2, 8, 8, 3), dtype=torch.uint8), torch.tensor([[[0, 0, 4, 4]]] * 2)
+    expect_error(lambda: multi_crop(images, boxes, 4, **{name: values}), [(ValueError, name)])
+    fake = torch.empty((2, 8, 8, 3), dtype=torch.uint8, device="meta")  # the fake kernel (torch.compile) agrees
+    expect_error(lambda: multi_crop(fake, boxes.to("meta"), 4, **{name: values}), [(ValueError, name)])
+
+
+def test_regression_spectral_residual_arguments_and_degenerate_images():
+    # [sigma=inf raised OverflowError from math.ceil; an empty batch raised an MKL FFT error; a 1-pixel
+    # downscale stretched float32 rounding noise to [0, 1]]
+    images = torch.randint(0, 256, (1, 2, 9, 1), dtype=torch.uint8)
+    expect_error(lambda: spectral_residual(images, 64, math.inf), [(ValueError, "sigma")])
+    assert spectral_residual(torch.zeros((0, 5, 7, 3), dtype=torch.uint8)).shape == (0, 5, 7)
+    assert not spectral_residual(images, long_side=1).any()
+    nan_image = torch.rand(1, 3, 16, 16)
+    nan_image[0, 1, 3, 4] = math.nan
+    assert spectral_residual(nan_image).isnan().all()
+
+
+@pytest.mark.parametrize("value", [3.0e38, 1e30, 2e19])
+def test_regression_lmc_loss_rows_with_huge_entries(value):
+    # [the squared norm overflowed float32: the row normalised to zeros and the loss was 3.93 for 7.00]
+    z, t = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(0)), torch.randn(3, 4, 5)
+    z[0, 0] *= value
+    z[1, 1, 1] = value
+    idx = torch.tensor([0, 1, 2])
+    check_lmc_loss(dict(z=z, anchor_idx=idx, teacher=t, tau=0.1, intra_weight=0.5, manifold_weight=1.0))
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_regression_crop_saliency_non_finite_pixel_reaches_only_its_boxes(value):
+    # [a NaN or Inf pixel made every box below and right of it NaN, and a box holding an Inf NaN instead of Inf]
+    saliency = torch.rand(2, 6, 7)
+    saliency[0, 1, 1] = value
+    saliency[1, 4, 2] = -value if value == value else value
+    boxes = torch.tensor([[[3, 3, 2, 2], [0, 0, 2, 2], [0, 3, 3, 3], [1, 1, 5, 6]],
+                          [[0, 0, 6, 7], [4, 2, 1, 1], [0, 3, 6, 4], [5, 0, 1, 7]]])
+    out = crop_saliency(saliency, boxes)
+    assert_box_means_close(out, reference_crop_saliency(saliency, boxes), saliency)
+    both = saliency.clone()
+    both[0, 2, 2] = -math.inf if value == math.inf else math.inf  # +Inf and -Inf in one box: NaN
+    assert_box_means_close(crop_saliency(both, boxes), reference_crop_saliency(both, boxes), both)

@@ -8,15 +8,31 @@
 namespace lmcl {
 namespace lmc {
 
+// ||x|| of one strided row. Rows with an entry above 1 are scaled by their largest |x_d| first, so the squares
+// of huge entries (above ~1.8e19 in float32) do not overflow to a norm of Inf (and a row of zeros); NaN and Inf
+// entries still give a NaN or Inf norm, as the plain formula does.
+template <typename scalar_t, typename acc_t>
+LMCL_HD inline acc_t row_norm(const scalar_t* x, int64_t stride, int64_t D) {
+  acc_t big = acc_t(0);
+  for (int64_t d = 0; d < D; ++d) {
+    const acc_t v = static_cast<acc_t>(x[d * stride]);
+    const acc_t a = v < acc_t(0) ? -v : v;
+    big = a > big ? a : big;
+  }
+  const bool scale = big > acc_t(1) && big - big == acc_t(0);  // finite and above 1
+  const acc_t inv_big = scale ? acc_t(1) / big : acc_t(1);
+  acc_t sq = acc_t(0);
+  for (int64_t d = 0; d < D; ++d) {
+    const acc_t v = static_cast<acc_t>(x[d * stride]) * inv_big;
+    sq += v * v;
+  }
+  return scale ? big * sqrt_acc(sq) : sqrt_acc(sq);
+}
+
 // x / max(||x||, eps) of one strided row of D values, written contiguous in acc_t.
 template <typename scalar_t, typename acc_t>
 LMCL_HD inline void normalize_row(const scalar_t* x, int64_t stride, int64_t D, acc_t eps, acc_t* out) {
-  acc_t sq = acc_t(0);
-  for (int64_t d = 0; d < D; ++d) {
-    const acc_t v = static_cast<acc_t>(x[d * stride]);
-    sq += v * v;
-  }
-  const acc_t norm = sqrt_acc(sq);
+  const acc_t norm = row_norm<scalar_t, acc_t>(x, stride, D);
   const acc_t inv = acc_t(1) / (norm > eps ? norm : eps);
   for (int64_t d = 0; d < D; ++d) {
     out[d] = static_cast<acc_t>(x[d * stride]) * inv;
@@ -28,12 +44,7 @@ LMCL_HD inline void normalize_row(const scalar_t* x, int64_t stride, int64_t D, 
 template <typename scalar_t, typename acc_t>
 LMCL_HD inline void normalize_row_backward(const scalar_t* x, int64_t stride, int64_t D, acc_t eps, const acc_t* g,
                                            const acc_t* g2, acc_t grad_out, scalar_t* out) {
-  acc_t sq = acc_t(0);
-  for (int64_t d = 0; d < D; ++d) {
-    const acc_t v = static_cast<acc_t>(x[d * stride]);
-    sq += v * v;
-  }
-  const acc_t norm = sqrt_acc(sq);
+  const acc_t norm = row_norm<scalar_t, acc_t>(x, stride, D);
   if (!(norm > eps)) {
     for (int64_t d = 0; d < D; ++d) {
       out[d] = static_cast<scalar_t>(grad_out * (g[d] + (g2 ? g2[d] : acc_t(0))) / eps);
