@@ -8,25 +8,35 @@
 namespace lmcl {
 namespace lmc {
 
-// ||x|| of one strided row. Rows with an entry above 1 are scaled by their largest |x_d| first, so the squares
-// of huge entries (above ~1.8e19 in float32) do not overflow to a norm of Inf (and a row of zeros); NaN and Inf
+// ||x|| of one strided row. A row whose squares overflow (entries above ~1.8e19 in float32) is summed again scaled
+// by its largest |x_d|, so it does not normalise to zeros; other rows take the plain sum only. NaN and Inf
 // entries still give a NaN or Inf norm, as the plain formula does.
 template <typename scalar_t, typename acc_t>
 LMCL_HD inline acc_t row_norm(const scalar_t* x, int64_t stride, int64_t D) {
+  acc_t sq = acc_t(0);
+  for (int64_t d = 0; d < D; ++d) {
+    const acc_t v = static_cast<acc_t>(x[d * stride]);
+    sq += v * v;
+  }
+  if (sq - sq == acc_t(0)) {  // finite: the common case
+    return sqrt_acc(sq);
+  }
   acc_t big = acc_t(0);
   for (int64_t d = 0; d < D; ++d) {
     const acc_t v = static_cast<acc_t>(x[d * stride]);
     const acc_t a = v < acc_t(0) ? -v : v;
     big = a > big ? a : big;
   }
-  const bool scale = big > acc_t(1) && big - big == acc_t(0);  // finite and above 1
-  const acc_t inv_big = scale ? acc_t(1) / big : acc_t(1);
-  acc_t sq = acc_t(0);
+  if (!(big - big == acc_t(0)) || !(big > acc_t(0))) {  // an Inf entry (or all NaN): the plain result
+    return sqrt_acc(sq);
+  }
+  const acc_t inv_big = acc_t(1) / big;
+  acc_t scaled = acc_t(0);
   for (int64_t d = 0; d < D; ++d) {
     const acc_t v = static_cast<acc_t>(x[d * stride]) * inv_big;
-    sq += v * v;
+    scaled += v * v;
   }
-  return scale ? big * sqrt_acc(sq) : sqrt_acc(sq);
+  return big * sqrt_acc(scaled);
 }
 
 // x / max(||x||, eps) of one strided row of D values, written contiguous in acc_t.
