@@ -1,7 +1,7 @@
-// lmc_loss on CUDA: the tile loop of host/lmc_loss.h (GEMMs by at::mm, i.e. cuBLAS, in full float32:
-// torch's default has TF32 off) with the element-wise passes launched over the bodies of
-// kernels/lmc_loss_bodies.h on the current stream. No atomics: every thread owns its outputs, so
-// results are deterministic.
+// lmc_loss and its backward on CUDA: the entries of host/lmc_loss.h with GridPasses<CudaGridLauncher>.
+// GEMMs by at::mm (cuBLAS, in full float32: torch's default has TF32 off); the element-wise passes are
+// launched over the bodies of kernels/lmc_loss_bodies.h on the current stream. No atomics: every thread owns
+// its outputs, so results are deterministic.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
