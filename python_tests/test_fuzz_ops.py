@@ -134,16 +134,21 @@ def boxes_for(draw, B: int, N: int, H: int, W: int):
 
 # ---------------------------------------------------------------------------------------- multi_crop
 @st.composite
-def multi_crop_case(draw):
-    kind = draw(st.sampled_from(["uint8", "float32"]))
-    B, N, C = draw(st.integers(0, 3)), draw(st.integers(0, 3)), draw(st.sampled_from([1, 3]))
-    H, W = draw(st.integers(1, 9)), draw(st.integers(1, 9))
-    if kind == "uint8":
+def image_batch(draw, B, C, H, W):
+    """uint8 [B, H, W, C] or float32 [B, C, H, W] (hostile values allowed) in a random layout."""
+    if draw(st.sampled_from(["uint8", "float32"])) == "uint8":
         seed = draw(st.integers(0, 2**31 - 1))
         images = torch.randint(0, 256, (B, H, W, C), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
     else:
         images = draw(float_values((B, C, H, W)))
-    images = draw(strided(images))
+    return draw(strided(images))
+
+
+@st.composite
+def multi_crop_case(draw):
+    B, N, C = draw(st.integers(0, 3)), draw(st.integers(0, 3)), draw(st.sampled_from([1, 3]))
+    H, W = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    images = draw(image_batch(B, C, H, W))
     boxes, boxes_ok = draw(boxes_for(B, N, H, W))
     size = draw(st.one_of(st.integers(-1, 7), st.tuples(st.integers(0, 7), st.integers(1, 7))))
     channel = st.one_of(st.floats(-1, 1), st.sampled_from([0.0, math.nan, math.inf, -0.5, 1e-30]))
@@ -344,17 +349,12 @@ def test_crop_saliency_backward_fuzz(args, seed):
 # ---------------------------------------------------------------------------------------- spectral_residual
 @st.composite
 def spectral_residual_case(draw):
-    kind = draw(st.sampled_from(["uint8", "float32"]))
     B, C = draw(st.integers(0, 2)), draw(st.sampled_from([1, 3]))
     H, W = draw(st.integers(1, 80)), draw(st.integers(1, 80))
-    if kind == "uint8":
-        seed = draw(st.integers(0, 2**31 - 1))
-        images = torch.randint(0, 256, (B, H, W, C), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
-    else:
-        images = draw(float_values((B, C, H, W)))
+    images = draw(image_batch(B, C, H, W))
     long_side = draw(st.one_of(st.integers(1, 70), st.sampled_from([0, -4])))
     sigma = draw(st.one_of(st.floats(0.3, 4.0), st.sampled_from([0.0, -1.0, math.nan, math.inf])))
-    return draw(strided(images)), long_side, sigma
+    return images, long_side, sigma
 
 
 @fuzz_settings(40)
