@@ -8,15 +8,41 @@
 namespace lmcl {
 namespace lmc {
 
-// x / max(||x||, eps) of one strided row of D values, written contiguous in acc_t.
+// ||x|| of one strided row. A row whose squares overflow (entries above ~1.8e19 in float32) is summed again scaled
+// by its largest |x_d|, so it does not normalise to zeros; other rows take the plain sum only. NaN and Inf
+// entries still give a NaN or Inf norm, as the plain formula does.
 template <typename scalar_t, typename acc_t>
-LMCL_HD inline void normalize_row(const scalar_t* x, int64_t stride, int64_t D, acc_t eps, acc_t* out) {
+LMCL_HD inline acc_t row_norm(const scalar_t* x, int64_t stride, int64_t D) {
   acc_t sq = acc_t(0);
   for (int64_t d = 0; d < D; ++d) {
     const acc_t v = static_cast<acc_t>(x[d * stride]);
     sq += v * v;
   }
-  const acc_t norm = sqrt_acc(sq);
+  if (sq - sq == acc_t(0)) {  // finite: the common case
+    return sqrt_acc(sq);
+  }
+  acc_t big = acc_t(0);
+  for (int64_t d = 0; d < D; ++d) {
+    const acc_t v = static_cast<acc_t>(x[d * stride]);
+    const acc_t a = v < acc_t(0) ? -v : v;
+    big = a > big ? a : big;
+  }
+  if (!(big - big == acc_t(0)) || !(big > acc_t(0))) {  // an Inf entry (or all NaN): the plain result
+    return sqrt_acc(sq);
+  }
+  const acc_t inv_big = acc_t(1) / big;
+  acc_t scaled = acc_t(0);
+  for (int64_t d = 0; d < D; ++d) {
+    const acc_t v = static_cast<acc_t>(x[d * stride]) * inv_big;
+    scaled += v * v;
+  }
+  return big * sqrt_acc(scaled);
+}
+
+// x / max(||x||, eps) of one strided row of D values, written contiguous in acc_t.
+template <typename scalar_t, typename acc_t>
+LMCL_HD inline void normalize_row(const scalar_t* x, int64_t stride, int64_t D, acc_t eps, acc_t* out) {
+  const acc_t norm = row_norm<scalar_t, acc_t>(x, stride, D);
   const acc_t inv = acc_t(1) / (norm > eps ? norm : eps);
   for (int64_t d = 0; d < D; ++d) {
     out[d] = static_cast<acc_t>(x[d * stride]) * inv;
@@ -28,12 +54,7 @@ LMCL_HD inline void normalize_row(const scalar_t* x, int64_t stride, int64_t D, 
 template <typename scalar_t, typename acc_t>
 LMCL_HD inline void normalize_row_backward(const scalar_t* x, int64_t stride, int64_t D, acc_t eps, const acc_t* g,
                                            const acc_t* g2, acc_t grad_out, scalar_t* out) {
-  acc_t sq = acc_t(0);
-  for (int64_t d = 0; d < D; ++d) {
-    const acc_t v = static_cast<acc_t>(x[d * stride]);
-    sq += v * v;
-  }
-  const acc_t norm = sqrt_acc(sq);
+  const acc_t norm = row_norm<scalar_t, acc_t>(x, stride, D);
   if (!(norm > eps)) {
     for (int64_t d = 0; d < D; ++d) {
       out[d] = static_cast<scalar_t>(grad_out * (g[d] + (g2 ? g2[d] : acc_t(0))) / eps);
