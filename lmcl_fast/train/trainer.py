@@ -128,7 +128,7 @@ class Trainer:
         self.models = {"a": self._build()}
         if cfg.mutual == "peer":
             self.models["b"] = self._build()
-        else:
+        elif cfg.mutual == "ema":
             teacher = copy.deepcopy(self.models["a"])
             teacher.requires_grad_(False)
             self.models["teacher"] = teacher
@@ -308,9 +308,11 @@ class Trainer:
             out_a = self.nets["a"](flat)
             if "b" in self.models:
                 out_b = self.nets["b"](flat)
-            else:
+            elif "teacher" in self.models:
                 with torch.no_grad():
                     out_b = self.models["teacher"](flat)
+            else:
+                out_b = None
         timer.mark("forward")
         losses = compute_losses(cfg, out_a, out_b, prior, target, self.dist.group)
         timer.mark("loss")
