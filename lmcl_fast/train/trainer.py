@@ -16,7 +16,8 @@ from ..models import IQANet, build_model, load_backbone_weights
 from . import checkpoint as ckpt_io
 from .amp import amp_dtype, autocast
 from .config import ConfigMismatchError, TrainConfig
-from .dist import DistContext, broadcast_buffers_, gather_objects, mean_over_ranks_, min_over_ranks, resolve_device
+from .dist import (DistContext, broadcast_buffers_, gather_objects, mean_over_ranks_, min_over_ranks, resolve_device,
+                   wrap_ddp)
 from .mutual import ema_update
 from .objective import LossTerms, compute_losses
 from .pipeline import CropPipeline
@@ -150,12 +151,9 @@ class Trainer:
         # DDP broadcasts rank 0's weights at construction, so every rank starts from the same state.
         self.nets = dict(self.models)
         if self.dist.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
             for k in trainable_names(self.models):
-                self.nets[k] = DistributedDataParallel(
-                    self.models[k], device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                    process_group=self.dist.group, forward_sync_buffers=self.batch_norm == "local")
+                self.nets[k] = wrap_ddp(self.models[k], self.dist, self.device,
+                                        forward_sync_buffers=self.batch_norm == "local")
             if not resume:
                 seed_everything(cfg.seed + self.dist.rank)  # own random streams per rank from here on
         if self.dist.is_main:
