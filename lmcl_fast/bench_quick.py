@@ -10,8 +10,8 @@ import time
 import torch
 
 from . import ops
-from .train.config import TrainConfig
-from .train.dist import DistContext, resolve_device
+from .core.config import TrainConfig
+from .core.dist import DistContext, resolve_device
 
 
 def _time(fn, device: torch.device, repeats: int) -> float:

@@ -18,7 +18,7 @@ def _cmd_make_synthetic(args) -> int:
 
 
 def _train_config(args):
-    from .train.config import TrainConfig, config_from_args
+    from .core.config import TrainConfig, config_from_args
 
     base = TrainConfig.from_json(args.config) if args.config else None
     if base is None and args.resume:
@@ -33,8 +33,8 @@ def _train_config(args):
 
 
 def _cmd_train(args) -> int:
-    from .train.dist import init_distributed, shutdown
-    from .train.run import train_splits
+    from .core.dist import init_distributed, shutdown
+    from .experiment import train_splits
 
     cfg = _train_config(args)
     if not cfg.root or not cfg.csv:
@@ -75,7 +75,7 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from .eval.runner import Predictor
+    from .core.predictor import Predictor
 
     predictor, _ = Predictor.from_checkpoint(args.checkpoint, args.device)
     failed = 0
@@ -104,7 +104,7 @@ def _cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .train.config import add_config_args
+    from .core.config import add_config_args
 
     p = argparse.ArgumentParser(prog="lmcl", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)

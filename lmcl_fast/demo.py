@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .train.config import TrainConfig
+from .core.config import TrainConfig
 
 # The demo's training setup: the tiny CNN on one 80/20 content split of photos resized to a 256-pixel
 # short side. Crops are 64 x 64 at native resolution (scale 0.25 of 256: resampling would blur away the
@@ -52,7 +52,7 @@ def run_demo(photos: str | None = None, out: str = "demo_out", device: str = "cp
 
 def _run_demo(photos, out, device, progress, max_images, epochs) -> dict:
     from .data import make_synthetic
-    from .train.run import train_splits
+    from .experiment import train_splits
 
     src = find_photos(photos)
     data_dir = os.path.join(out, "data")

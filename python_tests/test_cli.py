@@ -152,7 +152,7 @@ def test_python_dash_m_entry_point():
 def test_readme_config_table_matches_the_defaults():
     import dataclasses
 
-    from lmcl_fast.train.config import TrainConfig
+    from lmcl_fast.core.config import TrainConfig
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(root, "README.md")) as fh:

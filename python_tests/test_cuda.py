@@ -123,11 +123,12 @@ def _train_step(amp_dtype, device="cuda"):
     fp32) and a GradScaler for fp16. Returns the losses, the lmc term's gradient w.r.t. branch a's embeddings
     with the float64 reference's gradient on the same embeddings and anchors, the unscaled parameter
     gradients, whether the scaler skipped the step, and the updated parameters."""
+    from lmcl_fast.core.amp import autocast
+    from lmcl_fast.core.config import TrainConfig
+    from lmcl_fast.core.pipeline import CropPipeline
+    from lmcl_fast.core.scoring import crop_scores
     from lmcl_fast.models import build_model
-    from lmcl_fast.train.amp import autocast
-    from lmcl_fast.train.config import TrainConfig
-    from lmcl_fast.train.objective import compute_losses, crop_scores
-    from lmcl_fast.train.pipeline import CropPipeline
+    from lmcl_fast.train.objective import compute_losses
 
     device = torch.device(device)
     cfg = TrainConfig(arch="resnet18", n_crops=4, crop_size=64, min_crop=16, mutual="peer", device=device.type)

@@ -16,12 +16,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lmcl_fast.data import IQADataset, make_loader
-from lmcl_fast.eval.metrics import random_splits
+from lmcl_fast.core import checkpoint as ckpt_io
+from lmcl_fast.core.dist import DistContext
+from lmcl_fast.core.pipeline import CropPipeline
+from lmcl_fast.data import IQADataset, make_loader, random_splits
 from lmcl_fast.train import ConfigMismatchError, TrainConfig, Trainer
-from lmcl_fast.train import checkpoint as ckpt_io
-from lmcl_fast.train.dist import DistContext
-from lmcl_fast.train.pipeline import CropPipeline
 from lmcl_testing import ROOT, TOLERANCES
 
 B = 4  # images per rank; the single-process reference uses 2 * B

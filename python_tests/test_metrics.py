@@ -1,9 +1,11 @@
-"""lmcl_fast.eval.metrics: correlations vs known values and scipy, the logistic fit, splits, summaries."""
+"""lmcl_fast.eval.metrics: correlations vs known values and scipy, the logistic fit, summaries; and
+lmcl_fast.data.random_splits."""
 import numpy as np
 import pytest
 import torch
 from scipy import stats
 
+from lmcl_fast.data import random_splits
 from lmcl_fast.eval import (
     compute_metrics,
     fit_logistic4,
@@ -12,7 +14,6 @@ from lmcl_fast.eval import (
     logistic4,
     plcc,
     plcc_logistic,
-    random_splits,
     rmse,
     scatter_plot,
     srcc,

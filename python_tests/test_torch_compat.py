@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from lmcl_fast import _torch_compat
-from lmcl_fast.train import dist as dist_mod
-from lmcl_fast.train.dist import DistContext
+from lmcl_fast.core import dist as dist_mod
+from lmcl_fast.core.dist import DistContext
 
 
 @pytest.mark.parametrize("version, parsed", [("2.13.0+cpu", (2, 13)), ("2.4.0", (2, 4)),

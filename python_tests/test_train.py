@@ -7,10 +7,10 @@ import shutil
 import pytest
 import torch
 
+from lmcl_fast.core import checkpoint as ckpt_io
+from lmcl_fast.experiment import train_splits
 from lmcl_fast.train import ConfigMismatchError, NonFiniteLossError, TrainConfig, Trainer
-from lmcl_fast.train import checkpoint as ckpt_io
 from lmcl_fast.train import trainer as trainer_mod
-from lmcl_fast.train.run import train_splits
 from lmcl_testing import TOLERANCES
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -105,8 +105,7 @@ def test_ema_teacher_follows_student(synthetic, tmp_path):
 
 
 def _split(cfg):
-    from lmcl_fast.data import IQADataset
-    from lmcl_fast.eval.metrics import random_splits
+    from lmcl_fast.data import IQADataset, random_splits
 
     ds = IQADataset(cfg.root, cfg.csv)
     train_idx, test_idx = random_splits(ds.group_keys(), k=1, train_frac=cfg.train_frac, seed=cfg.split_seed)[0]

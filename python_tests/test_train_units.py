@@ -8,9 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmcl_fast.models import build_model
-from lmcl_fast.train import checkpoint as ckpt_io
-from lmcl_fast.train.config import (
+from lmcl_fast.core import checkpoint as ckpt_io
+from lmcl_fast.core.config import (
     SHAPE_FIELDS,
     ConfigMismatchError,
     TrainConfig,
@@ -18,8 +17,10 @@ from lmcl_fast.train.config import (
     check_compatible,
     config_from_args,
 )
-from lmcl_fast.train.mutual import ema_update, prior_logits, symmetric_kl
-from lmcl_fast.train.pipeline import grid_boxes
+from lmcl_fast.core.pipeline import grid_boxes
+from lmcl_fast.core.scoring import prior_logits
+from lmcl_fast.models import build_model
+from lmcl_fast.train.mutual import ema_update, symmetric_kl
 from lmcl_fast.train.schedule import make_scheduler, warmup_cosine
 from lmcl_testing import TOLERANCES
 
@@ -194,7 +195,7 @@ def test_rng_state_round_trip():
 
 # ------------------------------------------------------------------------------------------ distributed
 def test_dist_context_from_env(monkeypatch):
-    from lmcl_fast.train.dist import DistContext, resolve_device
+    from lmcl_fast.core.dist import DistContext, resolve_device
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     ctx = DistContext.from_env()
@@ -214,7 +215,8 @@ def test_dist_context_from_env(monkeypatch):
 @pytest.mark.parametrize("mutual", ["peer", "ema"])
 def test_objective_terms_and_gradients(mutual):
     from lmcl_fast import ops
-    from lmcl_fast.train.objective import compute_losses, crop_scores, image_quality
+    from lmcl_fast.core.scoring import crop_scores, image_quality
+    from lmcl_fast.train.objective import compute_losses
 
     torch.manual_seed(3)
     cfg = TrainConfig(arch="tiny", mutual=mutual, lambda_lmc=0.3, lambda_mutual=0.7, prior_weight=0.5)
@@ -250,8 +252,8 @@ def test_objective_terms_and_gradients(mutual):
 
 
 def test_saliency_pooling_weights_crops_by_score():
+    from lmcl_fast.core.scoring import image_quality
     from lmcl_fast.models import CropOutputs
-    from lmcl_fast.train.objective import image_quality
 
     q = torch.tensor([1.0, 3.0, 5.0, 7.0])
     out = CropOutputs(torch.zeros(4, 2), torch.zeros(4), q)

@@ -1,4 +1,4 @@
-"""Evaluation: IQA metrics, content-aware random splits, summaries, tables and plots."""
+"""Evaluation: IQA metrics, summaries, tables and plots."""
 from .metrics import (
                       compute_metrics,
                       fit_logistic4,
@@ -7,7 +7,6 @@ from .metrics import (
                       logistic4,
                       plcc,
                       plcc_logistic,
-                      random_splits,
                       rmse,
                       scatter_plot,
                       srcc,
@@ -15,4 +14,4 @@ from .metrics import (
 )
 
 __all__ = ["srcc", "plcc", "krcc", "rmse", "logistic4", "fit_logistic4", "plcc_logistic", "compute_metrics",
-           "random_splits", "summarize", "format_table", "scatter_plot"]
+           "summarize", "format_table", "scatter_plot"]

@@ -1,6 +1,7 @@
-"""Training: config, mutual-learning trainer, checkpoints, K-split runs."""
-from .config import SHAPE_FIELDS, ConfigMismatchError, TrainConfig
-from .dist import DistContext
+"""Training: the mutual-learning trainer of one split, its objective and schedule (the config, checkpoints and
+distributed context live in lmcl_fast.core; the K-split driver in lmcl_fast.experiment)."""
+from ..core.config import SHAPE_FIELDS, ConfigMismatchError, TrainConfig
+from ..core.dist import DistContext
 from .trainer import NonFiniteLossError, Trainer
 
 __all__ = ["SHAPE_FIELDS", "ConfigMismatchError", "DistContext", "NonFiniteLossError", "TrainConfig", "Trainer"]

@@ -1,17 +1,8 @@
-"""Mutual learning between the two branches: crop scores, the symmetric KL, and the EMA update."""
+"""Mutual learning between the two branches: the symmetric KL of their crop scores, and the EMA update."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-
-def prior_logits(crop_sal: torch.Tensor) -> torch.Tensor:
-    """Scale-free prior from the crops' mean spectral-residual saliency [B, N]: log of each crop's value
-    relative to the image's mean crop value (a map's overall magnitude varies a lot between images)."""
-    s = crop_sal.float().clamp_min(0)
-    eps = 1e-6 * s.mean(dim=1, keepdim=True) + 1e-12
-    logs = torch.log(s + eps)
-    return logs - logs.mean(dim=1, keepdim=True)
 
 
 def symmetric_kl(logits_a: torch.Tensor, logits_b: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
+from ..core.config import TrainConfig
+from ..core.scoring import crop_scores, image_quality
 from ..models import CropOutputs
-from .config import TrainConfig
 from .mutual import symmetric_kl
 
 
@@ -23,19 +24,6 @@ class LossTerms(NamedTuple):
     quality: torch.Tensor
     lmc: torch.Tensor
     kl: torch.Tensor
-
-
-def crop_scores(out: CropOutputs, prior: torch.Tensor, prior_weight: float) -> torch.Tensor:
-    """Saliency score of each crop [B, N]: the spectral-residual prior plus the learned head's logit."""
-    return prior_weight * prior + out.saliency.float().view_as(prior)
-
-
-def image_quality(out: CropOutputs, scores: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Image score [B] from the crops' quality: plain mean, or weighted by softmax(saliency score)."""
-    q = out.quality.float().view_as(scores)
-    if pooling == "saliency":
-        return (torch.softmax(scores, dim=1) * q).sum(dim=1)
-    return q.mean(dim=1)
 
 
 def compute_losses(cfg: TrainConfig, out_a: CropOutputs, out_b: CropOutputs, prior: torch.Tensor,

@@ -11,16 +11,23 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..core import checkpoint as ckpt_io
+from ..core.amp import amp_dtype, autocast
+from ..core.config import ConfigMismatchError, TrainConfig
+from ..core.dist import (
+    DistContext,
+    broadcast_buffers_,
+    gather_objects,
+    mean_over_ranks_,
+    min_over_ranks,
+    resolve_device,
+    wrap_ddp,
+)
+from ..core.pipeline import CropPipeline
 from ..data import make_loader
 from ..models import IQANet, build_model, load_backbone_weights
-from . import checkpoint as ckpt_io
-from .amp import amp_dtype, autocast
-from .config import ConfigMismatchError, TrainConfig
-from .dist import (DistContext, broadcast_buffers_, gather_objects, mean_over_ranks_, min_over_ranks, resolve_device,
-                   wrap_ddp)
 from .mutual import ema_update
 from .objective import LossTerms, compute_losses
-from .pipeline import CropPipeline
 from .schedule import make_scheduler
 
 LOSS_NAMES = LossTerms._fields

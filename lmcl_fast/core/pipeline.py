@@ -6,7 +6,7 @@ import torch
 
 from .. import ops
 from .config import TrainConfig
-from .mutual import prior_logits
+from .scoring import prior_logits
 
 
 def grid_boxes(heights: torch.Tensor, widths: torch.Tensor, grid: int, scale: float, min_size: int) -> torch.Tensor:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import sys
 
-from ..data import IQADataset
-from ..eval.metrics import random_splits
-from ..eval.runner import Predictor, evaluate, summarize_results, write_result
-from . import checkpoint as ckpt_io
-from .config import TrainConfig, check_compatible
-from .dist import DistContext
-from .trainer import Trainer
+from .core import checkpoint as ckpt_io
+from .core.config import TrainConfig, check_compatible
+from .core.dist import DistContext
+from .core.predictor import Predictor
+from .data import IQADataset, random_splits
+from .eval.runner import evaluate, summarize_results, write_result
+from .train.trainer import Trainer
 
 
 def _log(msg: str) -> None:
@@ -23,7 +23,7 @@ def train_splits(cfg: TrainConfig, resume: bool = False, max_epochs: int | None 
     """Train and evaluate every split under cfg.out_dir/split_XX. With `resume`, each split continues from
     its last.pt (finished splits are only re-evaluated). `max_epochs` bounds the epochs trained in this
     call (over all splits); returns None when it stops the run early, else the summary (see
-    eval.runner.summarize_results)."""
+    lmcl_fast.eval.runner.summarize_results)."""
     dist = dist or DistContext()
     dataset = IQADataset(cfg.root, cfg.csv, lower_is_better=cfg.lower_is_better)
     splits = random_splits(dataset.group_keys(), k=cfg.splits, train_frac=cfg.train_frac, seed=cfg.split_seed)
