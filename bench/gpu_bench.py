@@ -4,8 +4,8 @@ here with CUDA events, interleaved round by round so that clock and load drift h
 
     python bench/gpu_bench.py --out bench.json [--device cuda] [--quick] [--no-compile]
 
-Prints a markdown table and writes the rows (min and median ms, ratios, achieved GB/s or TFLOP/s beside
-the device's measured copy bandwidth and float32 GEMM rate) as JSON.
+Prints a markdown table, case by case, and writes its rows (min and median ms, ratios, achieved GB/s or
+TFLOP/s beside the device's measured copy bandwidth and float32 GEMM rate) as JSON.
 """
 from __future__ import annotations
 
@@ -136,9 +136,26 @@ def _lmc_loss_cases(device, quick, compile_):
 CASES = [_multi_crop_cases, _crop_saliency_cases, _spectral_residual_cases, _select_anchor_cases, _lmc_loss_cases]
 
 
-def run(device: str, quick: bool, compile_: bool, rounds: int) -> dict:
+def _header(device: str, rounds: int, limits: dict) -> str:
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
+    return (f"Device {name}, torch {torch.__version__}, {rounds} interleaved rounds; measured copy "
+            f"{limits['copy_GB/s']:.3g} GB/s (read + write), float32 GEMM {limits['fp32_gemm_TFLOP/s']:.3g} TFLOP/s.\n\n"
+            "| case | contender | min ms | median ms | x lmcl (min) | achieved |\n|---|---|---|---|---|---|")
+
+
+def _row_line(r: dict) -> str:
+    achieved = f"{r['GB/s']:.3g} GB/s" if "GB/s" in r else f"{r['TFLOP/s']:.3g} TFLOP/s"
+    return (f"| {r['case']} | {r['contender']} | {r['min_ms']:.3f} | {r['median_ms']:.3f} | "
+            f"{r['vs_lmcl_min']:.2f} | {achieved} |")
+
+
+def run(device: str, quick: bool, compile_: bool, rounds: int, out: str = "") -> dict:
+    """Every case in turn; the table is printed (and the JSON rewritten) case by case, so a run stopped by a
+    time limit still leaves the cases it finished."""
     limits = device_limits(device, quick)
-    rows = []
+    result = {"device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
+              "torch": torch.__version__, "rounds": rounds, "limits": limits, "rows": []}
+    print(_header(device, rounds, limits), flush=True)
     for make in CASES:
         for case, contenders, cost in make(device, quick, compile_):
             times = time_interleaved(contenders, device, rounds)
@@ -150,22 +167,12 @@ def run(device: str, quick: bool, compile_: bool, rounds: int) -> dict:
                     row["GB/s"] = cost["bytes"] / min(t) / 1e6
                 if "flops" in cost:
                     row["TFLOP/s"] = cost["flops"] / min(t) / 1e9
-                rows.append(row)
-            print(f"done: {case}", file=sys.stderr, flush=True)
-    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
-    return {"device": name, "torch": torch.__version__, "rounds": rounds, "limits": limits, "rows": rows}
-
-
-def markdown(result: dict) -> str:
-    lim = result["limits"]
-    lines = [f"Device {result['device']}, torch {result['torch']}, {result['rounds']} interleaved rounds; measured "
-             f"copy {lim['copy_GB/s']:.3g} GB/s (read + write), float32 GEMM {lim['fp32_gemm_TFLOP/s']:.3g} TFLOP/s.",
-             "", "| case | contender | min ms | median ms | x lmcl (min) | achieved |", "|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        achieved = f"{r['GB/s']:.3g} GB/s" if "GB/s" in r else f"{r['TFLOP/s']:.3g} TFLOP/s"
-        lines.append(f"| {r['case']} | {r['contender']} | {r['min_ms']:.3f} | {r['median_ms']:.3f} | "
-                     f"{r['vs_lmcl_min']:.2f} | {achieved} |")
-    return "\n".join(lines)
+                result["rows"].append(row)
+                print(_row_line(row), flush=True)
+            if out:
+                with open(out, "w") as fh:
+                    json.dump(result, fh, indent=1)
+    return result
 
 
 def main(argv=None) -> None:
@@ -176,11 +183,7 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true", help="small cases (a smoke run)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="leave out torch.compile")
     args = p.parse_args(argv)
-    result = run(args.device, args.quick, args.compile, args.rounds)
-    if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=1)
-    print(markdown(result))
+    run(args.device, args.quick, args.compile, args.rounds, args.out)
 
 
 if __name__ == "__main__":

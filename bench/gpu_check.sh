@@ -29,10 +29,10 @@ OUT=$(mkdir -p "${1:-$ROOT/gpu_check_out}" && cd "${1:-$ROOT/gpu_check_out}" && 
 RESULTS="$OUT/gpu_check.md"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
-LIMIT_BUILD=170
-LIMIT_TESTS=110
-LIMIT_BENCH=110
-LIMIT_SANITIZER=90
+LIMIT_BUILD=160
+LIMIT_TESTS=100
+LIMIT_BENCH=100
+LIMIT_SANITIZER=120
 
 ROWS=()
 FAILED=()
@@ -141,7 +141,7 @@ fi
   echo "## Benchmark (bench/gpu_bench.py)"
   echo
   if [ -s "$OUT/bench.log" ] && grep -q '^| case' "$OUT/bench.log"; then
-    sed -n '/^Device /,$p' "$OUT/bench.log"
+    grep -E '^(Device |\|)' "$OUT/bench.log" | sed '1a\\'
   else
     echo "no benchmark table (see bench.log)"
   fi
