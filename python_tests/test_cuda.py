@@ -50,9 +50,10 @@ def _run_all_ops(x):
     return out
 
 
-# Ops whose CUDA backward accumulates with atomics (multi_crop) or index_put_ (crop_saliency): the
-# summation order, hence the last bits, may differ between runs.
-_ATOMIC = {"multi_crop_grad": dict(rtol=1e-6, atol=1e-6), "crop_saliency_grad": dict(rtol=1e-6, atol=1e-9)}
+# Results that may differ in the last bits between runs: backward passes that accumulate with atomics
+# (multi_crop) or index_put_ (crop_saliency), and spectral_residual's cuFFT / cuDNN (algorithm choice).
+_NOT_BITWISE = {"multi_crop_grad": dict(rtol=1e-6, atol=1e-6), "crop_saliency_grad": dict(rtol=1e-6, atol=1e-9),
+                "spectral_residual": dict(rtol=1e-6, atol=1e-7)}
 
 
 def _assert_same(got, expected):
@@ -60,8 +61,8 @@ def _assert_same(got, expected):
     for name in expected:
         g, e = got[name], expected[name]
         assert g.device == e.device and g.dtype == e.dtype and g.shape == e.shape, name
-        if name in _ATOMIC:
-            torch.testing.assert_close(g, e, **_ATOMIC[name], msg=name)
+        if name in _NOT_BITWISE:
+            torch.testing.assert_close(g, e, **_NOT_BITWISE[name], msg=name)
         else:
             assert torch.equal(g, e), f"{name}: max |diff| {(g.double() - e.double()).abs().max().item()}"
 
@@ -85,20 +86,20 @@ def test_small_ops_for_the_sanitizer():
     torch.testing.assert_close(tiled[0].cpu(), cpu["lmc_loss"], **tol)
     grads = torch.ops.lmcl._lmc_loss_backward(torch.ones((), device="cuda"), z, a, z, t, *tiled[1:], 0, 0.07, 0.4,
                                               1.0, True, True, True, 5)
-    assert_grad_close(grads[0].cpu(), cpu["lmc_grad_z"])
+    assert_grad_close((grads[0] + grads[1]).cpu(), cpu["lmc_grad_z"])  # z is both the queries and the keys
+    assert_grad_close(grads[2].cpu(), cpu["lmc_grad_t"])
 
 
 def test_every_op_on_a_side_stream_matches_the_default_stream():
     """The kernels must run on the current stream. The side stream first sleeps, then writes the inputs: a
     kernel launched on another stream would read them before they exist."""
-    host = _inputs(seed=1)
-    expected = _run_all_ops(_to(host, "cuda"))
+    dev = _to(_inputs(seed=1), "cuda")
+    expected = _run_all_ops(dev)
     torch.cuda.synchronize()
     side = torch.cuda.Stream()
     with torch.cuda.stream(side):
-        torch.cuda._sleep(50_000_000)  # ~25 ms of spinning before the inputs are written
-        x = {k: torch.empty_like(v, device="cuda").copy_(v, non_blocking=False) if isinstance(v, torch.Tensor)
-             else v for k, v in host.items()}
+        torch.cuda._sleep(50_000_000)  # tens of ms of spinning, then device-side copies of the inputs
+        x = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in dev.items()}
         got = _run_all_ops(x)
     side.synchronize()
     _assert_same(got, expected)
@@ -153,7 +154,8 @@ def _train_step(amp_dtype, device="cuda"):
     ref = reference_lmc_loss(z_a, anchor, out_b.z.detach().view_as(z_a).double(), tau=cfg.tau,
                              intra_weight=cfg.intra_weight, manifold_weight=cfg.manifold_weight)
     (ref_grad,) = torch.autograd.grad(0.5 * ref, z_a)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    # A moderate first scale: GradScaler's default 2^16 usually overflows (and skips) the first fp16 steps.
+    scaler = torch.amp.GradScaler(device.type, init_scale=2.0**10, enabled=amp_dtype == torch.float16)
     scaler.scale(losses.total).backward()
     params = [p for net in nets for p in net.parameters()]
     opt = torch.optim.AdamW(params, lr=1e-3)
@@ -226,7 +228,7 @@ def test_lmc_loss_b256_several_key_tiles_against_float64(tf32):
             torch.testing.assert_close(fwd[0].cpu().double(), ref, **TOLERANCES[("lmc_loss", torch.float32)])
             grads = torch.ops.lmcl._lmc_loss_backward(torch.ones((), device="cuda"), zc, ac, zc, tc, *fwd[1:], 0,
                                                       0.07, 0.5, 1.0, True, True, True, key_tile)
-            assert_grad_close(grads[0].cpu(), ref_grads[0])
+            assert_grad_close((grads[0] + grads[1]).cpu(), ref_grads[0])  # z: queries and keys
             assert_grad_close(grads[2].cpu(), ref_grads[1])
         assert torch.get_float32_matmul_precision() == ("high" if tf32 else "highest")
     finally:
