@@ -1,4 +1,4 @@
-// lmc_loss on the CPU: the tile loop of ops/lmc_loss_tiling.h (GEMMs by at::mm, i.e. MKL/oneDNN)
+// lmc_loss on the CPU: the tile loop of host/lmc_loss.h (GEMMs by at::mm, i.e. MKL/oneDNN)
 // with every element-wise pass run by at::parallel_for over query rows. Each chunk of rows writes only
 // its own rows, so there are no atomics and results are bit-reproducible run to run.
 #include <ATen/ATen.h>
@@ -8,8 +8,8 @@
 #include <algorithm>
 #include <array>
 
-#include "ops/lmc_loss.h"
-#include "ops/lmc_loss_tiling.h"
+#include "host/launch.h"
+#include "host/lmc_loss.h"
 
 namespace lmcl {
 namespace {
@@ -34,13 +34,6 @@ void items_baseline(const typename Body::Params& p, int64_t begin, int64_t end) 
   }
 }
 
-template <typename acc_t>
-void grad_rows_baseline(const typename lmc::GradTileBody<acc_t>::Params& p, int64_t begin, int64_t end) {
-  for (int64_t r = begin; r < end; ++r) {
-    lmc::GradTileBody<acc_t>::row(p, r);
-  }
-}
-
 #ifdef LMCL_HAS_AVX2_CLONE
 template <class Body>
 LMCL_AVX2_CLONE void items_avx2(const typename Body::Params& p, int64_t begin, int64_t end) {
@@ -48,18 +41,12 @@ LMCL_AVX2_CLONE void items_avx2(const typename Body::Params& p, int64_t begin, i
     Body::item(p, i);
   }
 }
-
-template <typename acc_t>
-LMCL_AVX2_CLONE void grad_rows_avx2(const typename lmc::GradTileBody<acc_t>::Params& p, int64_t begin, int64_t end) {
-  for (int64_t r = begin; r < end; ++r) {
-    lmc::GradTileBody<acc_t>::row(p, r);
-  }
-}
 #endif
 
 struct CpuPasses {
   // Row-major similarity tiles: each chunk's row loops run over contiguous memory and vectorise.
   static constexpr bool kColumnMajorTiles = false;
+  using Guard = NoDeviceGuard;
 
   // ~32k scalar operations per chunk (ATen's GRAIN_SIZE), cost = operations per item.
   static int64_t grain(int64_t cost) {
@@ -79,50 +66,24 @@ struct CpuPasses {
     });
   }
 
+  // The backward tile pass a row at a time (GradTileBody::row, the vectorisable form of its per-pair math).
+  template <typename acc_t>
+  struct GradTileRows {
+    using Params = typename lmc::GradTileBody<acc_t>::Params;
+    static void item(const Params& p, int64_t r) { lmc::GradTileBody<acc_t>::row(p, r); }
+  };
+
   template <typename acc_t>
   void grad_tile(const typename lmc::GradTileBody<acc_t>::Params& p) {
-    at::parallel_for(0, p.t.rows, grain(8 * p.t.cols), [&](int64_t begin, int64_t end) {
-#ifdef LMCL_HAS_AVX2_CLONE
-      if (cpu_has_avx2()) {
-        grad_rows_avx2<acc_t>(p, begin, end);
-        return;
-      }
-#endif
-      grad_rows_baseline<acc_t>(p, begin, end);
-    });
+    for_each<GradTileRows<acc_t>>(p, p.t.rows, 8 * p.t.cols);
   }
 };
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lmc_loss_cpu(
-    const at::Tensor& z, const at::Tensor& anchor_idx, const at::Tensor& z_keys, const at::Tensor& teacher_keys,
-    int64_t key_offset, double tau, double intra_weight, double manifold_weight, int64_t key_tile) {
-  check_lmc_loss_args(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight, key_tile,
-                      /*check_anchor_values=*/true);
-  CpuPasses passes;
-  const lmc::LmcOptions o{key_offset, tau, intra_weight, manifold_weight, key_tile};
-  return lmc::lmc_loss_forward(passes, z, anchor_idx, z_keys, teacher_keys, o);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lmc_loss_backward_cpu(
-    const at::Tensor& grad, const at::Tensor& z, const at::Tensor& anchor_idx, const at::Tensor& z_keys,
-    const at::Tensor& teacher_keys, const at::Tensor& cluster_lse, const at::Tensor& cluster_logits,
-    const at::Tensor& manifold_lse, int64_t key_offset, double tau, double intra_weight, double manifold_weight,
-    bool need_grad_z, bool need_grad_z_keys, bool need_grad_teacher_keys, int64_t key_tile) {
-  const std::array<bool, 3> output_mask{need_grad_z, need_grad_z_keys, need_grad_teacher_keys};
-  check_lmc_loss_args(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight, key_tile,
-                      /*check_anchor_values=*/false);
-  check_lmc_loss_backward_args(grad, z, cluster_lse, cluster_logits, manifold_lse);
-  CpuPasses passes;
-  const lmc::LmcOptions o{key_offset, tau, intra_weight, manifold_weight, key_tile};
-  return lmc::lmc_loss_backward(passes, grad, z, anchor_idx, z_keys, teacher_keys, cluster_lse, cluster_logits,
-                                manifold_lse, o, output_mask);
-}
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lmcl, CPU, m) {
-  m.impl("lmc_loss", &lmc_loss_cpu);
-  m.impl("_lmc_loss_backward", &lmc_loss_backward_cpu);
+  m.impl("lmc_loss", &lmc::lmc_loss_entry<CpuPasses>);
+  m.impl("_lmc_loss_backward", &lmc::lmc_loss_backward_entry<CpuPasses>);
 }
 
 }  // namespace lmcl

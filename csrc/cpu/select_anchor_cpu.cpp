@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "host/select_anchor.h"
 #include "kernels/select_anchor.h"
 #include "ops/select_anchor.h"
 

@@ -1,31 +1,28 @@
 // crop_saliency on CUDA: the float64 table from two ATen scans, one look-up kernel over B * N boxes
 // (which also flags invalid boxes), one device->host read for the box check. Backward: one corner
-// kernel, then index_put_ accumulation and two float64 scans.
+// kernel, then index_put_ accumulation and two float64 scans. Host code: host/crop_saliency.h.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "cuda/crop_saliency_launch.h"
 #include "cuda/launch.cuh"
+#include "host/crop_saliency.h"
 #include "ops/crop_saliency.h"
 
 namespace lmcl {
 
 namespace {
 
-constexpr int64_t kThreads = 256;
-constexpr int64_t kMaxBlocks = 4096;
-
 at::Tensor crop_saliency_cuda(const at::Tensor& saliency, const at::Tensor& boxes) {
   check_crop_saliency_args(saliency, boxes);
   const c10::cuda::CUDAGuard guard(saliency.device());
-  return std::get<0>(crop_saliency_grid(saliency, boxes, CudaGridLauncher{}, kThreads, kMaxBlocks, /*check=*/true));
+  return std::get<0>(crop_saliency_grid(saliency, boxes, CudaGridLauncher{}, /*check=*/true));
 }
 
 at::Tensor crop_saliency_backward_cuda(const at::Tensor& grad, const at::Tensor& boxes, int64_t H, int64_t W) {
   check_crop_saliency_backward_args(grad, boxes, H, W);
   const c10::cuda::CUDAGuard guard(grad.device());
-  return crop_saliency_backward_grid(grad, boxes, H, W, CudaGridLauncher{}, kThreads, kMaxBlocks);
+  return crop_saliency_backward_grid(grad, boxes, H, W, CudaGridLauncher{});
 }
 
 }  // namespace

@@ -1,36 +1,34 @@
-// CUDA kernels of lmcl::multi_crop and lmcl::_multi_crop_backward: argument checks, device guard, then the
-// host code in multi_crop_launch.h (one box read-back, Params) launching the kernels/multi_crop.h bodies on
-// the current stream.
+// multi_crop and _multi_crop_backward on CUDA: argument checks, device guard, then the entries of
+// host/multi_crop.h on the grid backend (one box-flag launch and read-back, one launch of the
+// kernels/multi_crop.h bodies) on the current stream.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "cuda/launch.cuh"
-#include "cuda/multi_crop_launch.h"
+#include "host/multi_crop.h"
+#include "ops/multi_crop.h"
 
 namespace lmcl {
 
 namespace {
-
-constexpr int64_t kThreads = 256;
-constexpr int64_t kMaxBlocks = 4096;
 
 at::Tensor multi_crop_cuda(const at::Tensor& images, const at::Tensor& boxes, at::IntArrayRef size,
                            std::optional<at::ArrayRef<double>> mean, std::optional<at::ArrayRef<double>> std,
                            const std::optional<at::Tensor>& flip, at::ScalarType out_dtype) {
   check_multi_crop_args(images, boxes, size, mean, std, flip, out_dtype);
   const c10::cuda::CUDAGuard guard(images.device());
-  return multi_crop_grid(images, boxes, size, mean, std, flip, out_dtype, CudaGridLauncher{}, kThreads, kMaxBlocks);
+  return multi_crop_forward(MultiCropGrid<CudaGridLauncher>{}, images, boxes, size, mean, std, flip, out_dtype);
 }
 
 at::Tensor multi_crop_backward_cuda(const at::Tensor& grad, const at::Tensor& boxes,
-                                    std::optional<at::ArrayRef<double>> std, const std::optional<at::Tensor>& flip,
-                                    int64_t height, int64_t width) {
+                                   std::optional<at::ArrayRef<double>> std, const std::optional<at::Tensor>& flip,
+                                   int64_t height, int64_t width) {
   check_multi_crop_backward_args(grad, boxes, std, flip, height, width);
   const c10::cuda::CUDAGuard guard(grad.device());
   // The scatter uses float atomics: the summation order, hence the last bits, vary between runs.
   at::globalContext().alertNotDeterministic("lmcl::_multi_crop_backward (CUDA)");
-  return multi_crop_backward_grid(grad, boxes, std, flip, height, width, CudaGridLauncher{}, kThreads, kMaxBlocks);
+  return multi_crop_backward(MultiCropGrid<CudaGridLauncher>{}, grad, boxes, std, flip, height, width);
 }
 
 }  // namespace

@@ -1,24 +1,21 @@
 // select_anchor on CUDA: one thread per row (N, the crops per image, is small), then one
-// device->host read for the NaN check.
+// device->host read for the NaN check. Host code: host/select_anchor.h.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "cuda/launch.cuh"
-#include "cuda/select_anchor_launch.h"
+#include "host/select_anchor.h"
 #include "ops/select_anchor.h"
 
 namespace lmcl {
 
 namespace {
 
-constexpr int64_t kThreads = 256;
-constexpr int64_t kMaxBlocks = 4096;
-
 at::Tensor select_anchor_cuda(const at::Tensor& scores) {
   check_select_anchor_args(scores);
   const c10::cuda::CUDAGuard guard(scores.device());
-  return select_anchor_grid(scores, CudaGridLauncher{}, kThreads, kMaxBlocks, /*check=*/true);
+  return select_anchor_grid(scores, CudaGridLauncher{}, /*check=*/true);
 }
 
 }  // namespace

@@ -1,4 +1,5 @@
-// crop_saliency math, shared by the CPU kernel, the CUDA kernels and the grid-runner tests.
+// crop_saliency math (summed-area look-ups, the CPU row sweep, the adjoint, the launch bodies), shared
+// by the CPU kernel, the CUDA kernels and the grid-runner tests. Box clamp (box_span): kernels/boxes.h.
 // The summed-area table of one image is (H+1) x (W+1) with a zero first row and column:
 // sat[i][j] = sum of saliency[0:i, 0:j]. A box (top, left, height, width) is four look-ups, on table
 // rows t0 = top and t1 = top + height: sum = span(row t1) - span(row t0), span(row) = row[l1] - row[l0].
@@ -9,37 +10,10 @@
 // corner updates of a 2-D difference array whose 2-D prefix sum is the gradient.
 #pragma once
 
+#include "kernels/boxes.h"
 #include "kernels/common.h"
 
 namespace lmcl {
-
-// A box clipped to the image: rows [t0, t1), columns [l0, l1), with t0 <= t1 and l0 <= l1. The ops
-// reject boxes outside the image before (CPU) or after (CUDA, one flag read) the kernels run, so the
-// clamp only guarantees that a kernel never reads or writes out of bounds.
-struct ClampedBox {
-  int64_t t0, l0, t1, l1;
-  LMCL_HD int64_t area() const { return (t1 - t0) * (l1 - l0); }
-};
-
-LMCL_HD inline bool box_is_valid(int64_t t, int64_t l, int64_t h, int64_t w, int64_t H, int64_t W) {
-  return t >= 0 && l >= 0 && h >= 1 && w >= 1 && h <= H - t && w <= W - l;
-}
-
-LMCL_HD inline ClampedBox clamp_box(int64_t t, int64_t l, int64_t h, int64_t w, int64_t H, int64_t W) {
-  ClampedBox c;
-  c.t0 = clamp_value<int64_t>(t, 0, H);
-  c.l0 = clamp_value<int64_t>(l, 0, W);
-  // h, w are clamped before the add so huge values cannot overflow.
-  c.t1 = c.t0 + clamp_value<int64_t>(h, 0, H - c.t0);
-  c.l1 = c.l0 + clamp_value<int64_t>(w, 0, W - c.l0);
-  return c;
-}
-
-// Box (t, l, h, w) stored at `box` with stride `stride_c` between its four values.
-template <typename index_t>
-LMCL_HD inline ClampedBox load_box(const index_t* box, int64_t stride_c, int64_t H, int64_t W) {
-  return clamp_box(box[0], box[stride_c], box[2 * stride_c], box[3 * stride_c], H, W);
-}
 
 // ---- table rows ------------------------------------------------------------------------------------
 
@@ -72,19 +46,19 @@ LMCL_HD inline void sat_row_from_columns(const acc_t* colsum, acc_t* row, int64_
 // ---- look-ups --------------------------------------------------------------------------------------
 
 template <typename acc_t>
-LMCL_HD inline acc_t box_row_span(const acc_t* row, const ClampedBox& c) {
+LMCL_HD inline acc_t box_row_span(const acc_t* row, const BoxSpan& c) {
   return row[c.l1] - row[c.l0];
 }
 
 template <typename acc_t>
-LMCL_HD inline acc_t box_mean_from_sum(acc_t sum, const ClampedBox& c) {
+LMCL_HD inline acc_t box_mean_from_sum(acc_t sum, const BoxSpan& c) {
   const int64_t area = c.area();
   return area > 0 ? sum / static_cast<acc_t>(area) : acc_t(0);
 }
 
 // Mean of a box from its image's stored (H+1) x (W+1) table; an empty (clamped-away) box gives 0.
 template <typename acc_t>
-LMCL_HD inline acc_t box_mean(const acc_t* sat, int64_t W, const ClampedBox& c) {
+LMCL_HD inline acc_t box_mean(const acc_t* sat, int64_t W, const BoxSpan& c) {
   const int64_t W1 = W + 1;
   return box_mean_from_sum(box_row_span(sat + c.t1 * W1, c) - box_row_span(sat + c.t0 * W1, c), c);
 }
@@ -103,7 +77,7 @@ LMCL_HD inline bool box_event_bottom(int64_t key) { return key % 2 == 1; }
 // Forward event: the top row's span is subtracted, the bottom row's added. The top event comes first
 // (t0 < t1 for a non-empty box), so acc = -span(t0) + span(t1): bit-equal to box_mean's difference.
 template <typename acc_t>
-LMCL_HD inline void box_sum_event(acc_t& acc, const acc_t* row, const ClampedBox& c, bool bottom) {
+LMCL_HD inline void box_sum_event(acc_t& acc, const acc_t* row, const BoxSpan& c, bool bottom) {
   const acc_t span = box_row_span(row, c);
   acc += bottom ? span : -span;
 }
@@ -111,7 +85,7 @@ LMCL_HD inline void box_sum_event(acc_t& acc, const acc_t* row, const ClampedBox
 // ---- backward ----------------------------------------------------------------------------------------
 
 template <typename acc_t>
-LMCL_HD inline acc_t box_adjoint_value(acc_t g, const ClampedBox& c) {
+LMCL_HD inline acc_t box_adjoint_value(acc_t g, const BoxSpan& c) {
   const int64_t area = c.area();
   return area > 0 ? g / static_cast<acc_t>(area) : acc_t(0);
 }
@@ -119,7 +93,7 @@ LMCL_HD inline acc_t box_adjoint_value(acc_t g, const ClampedBox& c) {
 // CPU sweep: carry (W + 1 entries) holds the column sums of the difference array over the rows seen
 // so far. A box adds +v at (t0, l0), -v at (t0, l1), -v at (t1, l0), +v at (t1, l1).
 template <typename acc_t>
-LMCL_HD inline void box_adjoint_event(acc_t* carry, const ClampedBox& c, acc_t v, bool bottom) {
+LMCL_HD inline void box_adjoint_event(acc_t* carry, const BoxSpan& c, acc_t v, bool bottom) {
   const acc_t s = bottom ? -v : v;
   carry[c.l0] += s;
   carry[c.l1] -= s;
@@ -138,7 +112,7 @@ LMCL_HD inline void adjoint_row_from_carry(const acc_t* carry, out_t* out_row, i
 // CUDA: the four difference-array updates of a box as flat offsets into its image's (H+1) x (W+1)
 // array, accumulated by the launcher with index_put_.
 template <typename acc_t>
-LMCL_HD inline void box_adjoint_corners(int64_t W, const ClampedBox& c, acc_t v, int64_t* offset, acc_t* value) {
+LMCL_HD inline void box_adjoint_corners(int64_t W, const BoxSpan& c, acc_t v, int64_t* offset, acc_t* value) {
   const int64_t W1 = W + 1;
   offset[0] = c.t0 * W1 + c.l0;
   value[0] = v;
@@ -157,23 +131,22 @@ LMCL_HD inline void box_adjoint_corners(int64_t W, const ClampedBox& c, acc_t v,
 template <typename index_t>
 struct CropSaliencyLookupBody {
   struct Params {
-    const double* sat;     // [B, H + 1, W + 1], contiguous
-    const index_t* boxes;  // [B, N, 4], read through strides
-    int64_t box_stride_b, box_stride_n, box_stride_c;
-    float* out;            // [B, N], contiguous
-    uint8_t* invalid;      // [B, N], contiguous
-    int64_t B, N, H, W;
+    const double* sat;  // [B, H + 1, W + 1], contiguous
+    BoxTable<index_t> boxes;
+    int64_t H, W;
+    float* out;         // [B, N], contiguous
+    uint8_t* invalid;   // [B, N], contiguous
   };
 
   static LMCL_HD void run(const Params& p, GridIndex g) {
-    const int64_t total = p.B * p.N;
+    const int64_t N = p.boxes.N;
+    const int64_t total = p.boxes.B * N;
     const int64_t table = (p.H + 1) * (p.W + 1);
     for (int64_t i = g.first(); i < total; i += g.stride()) {
-      const int64_t b = i / p.N;
-      const index_t* box = p.boxes + b * p.box_stride_b + (i - b * p.N) * p.box_stride_n;
-      const int64_t c = p.box_stride_c;
-      p.out[i] = static_cast<float>(box_mean(p.sat + b * table, p.W, load_box(box, c, p.H, p.W)));
-      p.invalid[i] = box_is_valid(box[0], box[c], box[2 * c], box[3 * c], p.H, p.W) ? 0 : 1;
+      const int64_t b = i / N;
+      const Box box = p.boxes(b, i - b * N);
+      p.out[i] = static_cast<float>(box_mean(p.sat + b * table, p.W, box_span(box, p.H, p.W)));
+      p.invalid[i] = box_is_valid(box, p.H, p.W) ? 0 : 1;
     }
   }
 };
@@ -185,20 +158,20 @@ struct CropSaliencyCornersBody {
   struct Params {
     const float* grad;  // [B, N], read through strides
     int64_t grad_stride_b, grad_stride_n;
-    const index_t* boxes;
-    int64_t box_stride_b, box_stride_n, box_stride_c;
-    int64_t* offset;  // [B * N * 4]
-    double* value;    // [B * N * 4]
-    int64_t B, N, H, W;
+    BoxTable<index_t> boxes;
+    int64_t H, W;
+    int64_t* offset;    // [B * N * 4]
+    double* value;      // [B * N * 4]
   };
 
   static LMCL_HD void run(const Params& p, GridIndex g) {
-    const int64_t total = p.B * p.N;
+    const int64_t N = p.boxes.N;
+    const int64_t total = p.boxes.B * N;
     const int64_t table = (p.H + 1) * (p.W + 1);
     for (int64_t i = g.first(); i < total; i += g.stride()) {
-      const int64_t b = i / p.N;
-      const int64_t n = i - b * p.N;
-      const ClampedBox c = load_box(p.boxes + b * p.box_stride_b + n * p.box_stride_n, p.box_stride_c, p.H, p.W);
+      const int64_t b = i / N;
+      const int64_t n = i - b * N;
+      const BoxSpan c = box_span(p.boxes(b, n), p.H, p.W);
       const double gv = static_cast<double>(p.grad[b * p.grad_stride_b + n * p.grad_stride_n]);
       box_adjoint_corners<double>(p.W, c, box_adjoint_value(gv, c), p.offset + 4 * i, p.value + 4 * i);
       for (int k = 0; k < 4; ++k) {

@@ -1,8 +1,9 @@
-// The math of lmcl::multi_crop (SPEC §1.1), once, for the CPU kernel, the CUDA kernel and the grid
-// runner: bilinear source taps (F.interpolate, align_corners=False, antialias=False), box clamping,
-// one output pixel (all channels) read through the image strides, and its adjoint for backward.
+// multi_crop math (SPEC §1.1), once, for the CPU kernel, the CUDA kernel and the grid runner:
+// bilinear source taps (F.interpolate, align_corners=False, antialias=False), one output pixel (all
+// channels) read through the image strides, the launch bodies, and the adjoint for backward.
 #pragma once
 
+#include "kernels/boxes.h"
 #include "kernels/common.h"
 
 #include <cstdint>
@@ -56,20 +57,10 @@ LMCL_HD inline CropTap<acc_t> crop_tap(int64_t dst, int64_t in_size, int64_t out
   return CropTap<acc_t>{i0, i1, acc_t(1) - l1, l1};
 }
 
-struct CropBox {
-  int64_t top;
-  int64_t left;
-  int64_t height;
-  int64_t width;
-};
-
-// Box bn of an int64 [B*N, 4] table, clamped into the H x W image (H, W >= 1). Valid boxes pass
-// unchanged; the clamp only guarantees in-range reads should a box ever reach a kernel unchecked.
-LMCL_HD inline CropBox load_box(const int64_t* boxes, int64_t bn, int64_t H, int64_t W) {
-  const int64_t* r = boxes + 4 * bn;
-  const int64_t top = clamp_value<int64_t>(r[0], 0, H - 1);
-  const int64_t left = clamp_value<int64_t>(r[1], 0, W - 1);
-  return CropBox{top, left, clamp_value<int64_t>(r[2], 1, H - top), clamp_value<int64_t>(r[3], 1, W - left)};
+// Box bn of the contiguous int64 [B*N, 4] table, clamped to at least one pixel of the H x W image
+// (kernels/boxes.h): valid boxes pass unchanged; the clamp only keeps an unchecked box's reads in range.
+LMCL_HD inline Box crop_source_box(const int64_t* boxes, int64_t bn, int64_t H, int64_t W) {
+  return nonempty_box(read_box(boxes + 4 * bn, 1), H, W);
 }
 
 template <typename in_t, typename out_t>
@@ -125,7 +116,7 @@ LMCL_HD inline void multi_crop_row(const MultiCropParams<in_t, out_t>& p, int64_
   using acc_t = typename MultiCropParams<in_t, out_t>::acc_t;
   const int64_t y = row % p.out_h;
   const int64_t bn = row / p.out_h;
-  const CropBox box = load_box(p.boxes, bn, p.H, p.W);
+  const Box box = crop_source_box(p.boxes, bn, p.H, p.W);
   const CropTap<acc_t> ty = crop_tap<acc_t>(y, box.height, p.out_h);
   const in_t* base = p.images + (bn / p.N) * p.s_b + box.left * p.s_x;
   const in_t* r0 = base + (box.top + ty.i0) * p.s_y;
@@ -142,7 +133,7 @@ LMCL_HD inline void multi_crop_row(const MultiCropParams<in_t, out_t>& p, int64_
 template <typename acc_t>
 struct OutputPixel {
   int64_t bn, y, x;
-  CropBox box;
+  Box box;
   CropTap<acc_t> ty, tx;
 };
 
@@ -152,7 +143,7 @@ LMCL_HD inline OutputPixel<acc_t> output_pixel(const Params& p, int64_t i) {
   px.x = i % p.out_w;
   px.y = (i / p.out_w) % p.out_h;
   px.bn = i / (p.out_h * p.out_w);
-  px.box = load_box(p.boxes, px.bn, p.H, p.W);
+  px.box = crop_source_box(p.boxes, px.bn, p.H, p.W);
   px.ty = crop_tap<acc_t>(px.y, px.box.height, p.out_h);
   px.tx = crop_col_tap<acc_t>(px.x, crop_flipped(p, px.bn), px.box.width, p.out_w);
   return px;
@@ -169,7 +160,7 @@ struct MultiCropBody {
     for (int64_t i = g.first(); i < items; i += g.stride()) {
       const OutputPixel<acc_t> px = output_pixel<acc_t>(p, i);
       const int64_t x = px.x, y = px.y, bn = px.bn;
-      const CropBox& box = px.box;
+      const Box& box = px.box;
       const CropTap<acc_t>& ty = px.ty;
       const CropTap<acc_t>& tx = px.tx;
       const in_t* base = p.images + (bn / p.N) * p.s_b + box.left * p.s_x;
@@ -223,7 +214,7 @@ LMCL_HD inline bool crop_flipped(const MultiCropBackwardParams<g_t>& p, int64_t 
 // All output pixels of crop bn, channel c, scattered into the grad-image plane of that channel.
 template <typename g_t>
 LMCL_HD inline void multi_crop_plane_backward(const MultiCropBackwardParams<g_t>& p, int64_t bn, int64_t c) {
-  const CropBox box = load_box(p.boxes, bn, p.H, p.W);
+  const Box box = crop_source_box(p.boxes, bn, p.H, p.W);
   const bool flipped = crop_flipped(p, bn);
   const g_t* go = p.grad + (bn * p.C + c) * p.out_h * p.out_w;
   float* base = p.grad_images + ((bn / p.N) * p.C + c) * p.H * p.W + box.left;
@@ -248,7 +239,7 @@ struct MultiCropBackwardBody {
     for (int64_t i = g.first(); i < items; i += g.stride()) {
       const OutputPixel<float> px = output_pixel<float>(p, i);
       const int64_t x = px.x, y = px.y, bn = px.bn;
-      const CropBox& box = px.box;
+      const Box& box = px.box;
       const CropTap<float>& ty = px.ty;
       const CropTap<float>& tx = px.tx;
       for (int64_t c = 0; c < p.C; ++c) {

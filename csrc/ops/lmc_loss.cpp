@@ -1,5 +1,5 @@
-// lmc_loss: schema and argument checks. Kernels: csrc/cpu/lmc_loss_cpu.cpp, csrc/cuda/lmc_loss_cuda.cu,
-// both driving the tile loop of csrc/ops/lmc_loss_tiling.h over the math of csrc/kernels/lmc_loss.h.
+// lmc_loss schema and argument checks. Kernels: csrc/cpu/lmc_loss_cpu.cpp, csrc/cuda/lmc_loss_cuda.cu,
+// both driving the tile loop of csrc/host/lmc_loss.h over the bodies of csrc/kernels/lmc_loss_bodies.h.
 #include "ops/lmc_loss.h"
 
 #include <torch/library.h>
@@ -29,14 +29,15 @@ void check_lmc_loss_args(const at::Tensor& z, const at::Tensor& anchor_idx, cons
   const int64_t N = z.size(1);
   TORCH_CHECK_VALUE(B >= 2, "lmc_loss: z needs B >= 2 images (the other images are the negatives), got B = ", B);
   TORCH_CHECK_VALUE(N >= 2, "lmc_loss: z needs N >= 2 crops per image, got N = ", N);
-  TORCH_CHECK_TYPE(teacher_keys.scalar_type() == z.scalar_type() && z_keys.scalar_type() == z.scalar_type(),
-                   "lmc_loss: teacher must have the dtype of z (", z.scalar_type(), "), got ",
-                   teacher_keys.scalar_type());
+  TORCH_CHECK_TYPE(z_keys.scalar_type() == z.scalar_type(), "lmc_loss: z_keys must have the dtype of z (",
+                   z.scalar_type(), "), got ", z_keys.scalar_type());
+  TORCH_CHECK_TYPE(teacher_keys.scalar_type() == z.scalar_type(), "lmc_loss: teacher must have the dtype of z (",
+                   z.scalar_type(), "), got ", teacher_keys.scalar_type());
   TORCH_CHECK(z_keys.size(0) >= B && z_keys.size(1) == N && z_keys.size(2) == z.size(2),
               "lmc_loss: z_keys must have shape [K >= B, N, D] with z's N and D ", z.sizes(), ", got ",
               z_keys.sizes());
-  TORCH_CHECK(teacher_keys.sizes() == z_keys.sizes(), "lmc_loss: teacher must have the shape of z ",
-              z_keys.sizes(), ", got ", teacher_keys.sizes());
+  TORCH_CHECK(teacher_keys.sizes() == z_keys.sizes(), "lmc_loss: teacher must have the shape ", z_keys.sizes(),
+              " of the student keys (z, or z gathered over the group), got ", teacher_keys.sizes());
   TORCH_CHECK(z_keys.device() == z.device() && teacher_keys.device() == z.device() &&
                   anchor_idx.device() == z.device(),
               "lmc_loss: z, anchor_idx and teacher must be on one device, got z on ", z.device(), ", anchor_idx on ",

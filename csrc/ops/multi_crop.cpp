@@ -1,5 +1,8 @@
-// Schema of lmcl::multi_crop (SPEC §1.1) and its hidden backward, plus the checks both backends run.
+// multi_crop schema (SPEC §1.1) and its hidden backward, plus the argument checks both backends run.
 #include "ops/multi_crop.h"
+
+#include "host/multi_crop.h"
+#include "ops/boxes.h"
 
 #include <torch/library.h>
 
@@ -28,21 +31,15 @@ void check_std_nonzero(const char* op, const std::optional<at::ArrayRef<double>>
 }
 
 void check_boxes_and_flip(const char* op, const at::Tensor& boxes, const std::optional<at::Tensor>& flip,
-                          int64_t B, const at::Device& device) {
-  TORCH_CHECK_TYPE(boxes.scalar_type() == at::kInt || boxes.scalar_type() == at::kLong, op,
-                   ": boxes must be int32 or int64, got ", boxes.scalar_type());
-  TORCH_CHECK(boxes.dim() == 3 && boxes.size(2) == 4, op,
-              ": boxes must have shape [B, N, 4] (top, left, height, width), got ", boxes.sizes());
-  TORCH_CHECK(boxes.size(0) == B, op, ": boxes must have one row of boxes per image (B = ", B, "), got ",
-              boxes.sizes());
-  TORCH_CHECK(boxes.device() == device, op, ": boxes must be on the images' device (", device, "), got ",
-              boxes.device());
+                          int64_t B, const at::Device& device, const char* source) {
+  check_boxes_arg(op, boxes);
+  check_boxes_match(op, boxes, B, device, source);
   if (flip.has_value()) {
     TORCH_CHECK_TYPE(flip->scalar_type() == at::kBool, op, ": flip must be a bool tensor, got ",
                      flip->scalar_type());
     TORCH_CHECK(flip->dim() == 2 && flip->size(0) == B && flip->size(1) == boxes.size(1), op,
                 ": flip must have shape [B, N] = [", B, ", ", boxes.size(1), "], got ", flip->sizes());
-    TORCH_CHECK(flip->device() == device, op, ": flip must be on the images' device (", device, "), got ",
+    TORCH_CHECK(flip->device() == device, op, ": flip must be on the device of ", source, " (", device, "), got ",
                 flip->device());
   }
 }
@@ -62,7 +59,7 @@ void check_multi_crop_args(const at::Tensor& images, const at::Tensor& boxes, at
   TORCH_CHECK(C == 1 || C == 3, op, ": images must have C = 1 or 3 channels (dim ",
               images.scalar_type() == at::kByte ? 3 : 1, " for ", images.scalar_type(), "), got shape ",
               images.sizes());
-  check_boxes_and_flip(op, boxes, flip, images.size(0), images.device());
+  check_boxes_and_flip(op, boxes, flip, images.size(0), images.device(), "images");
   TORCH_CHECK(size.size() == 2, op, ": size must be (S_h, S_w), got ", size);
   TORCH_CHECK_VALUE(size[0] >= 1 && size[1] >= 1, op, ": size must be positive, got ", size);
   check_channel_values(op, "mean", mean, C);
@@ -81,26 +78,13 @@ void check_multi_crop_backward_args(const at::Tensor& grad, const at::Tensor& bo
                    op, ": grad must be float32, float16 or bfloat16, got ", grad.scalar_type());
   TORCH_CHECK(grad.dim() == 5 && (grad.size(2) == 1 || grad.size(2) == 3), op,
               ": grad must have shape [B, N, C, S_h, S_w] with C = 1 or 3, got ", grad.sizes());
-  check_boxes_and_flip(op, boxes, flip, grad.size(0), grad.device());
+  check_boxes_and_flip(op, boxes, flip, grad.size(0), grad.device(), "grad");
   TORCH_CHECK(boxes.size(1) == grad.size(1), op, ": boxes must have N = ", grad.size(1), " boxes per image, got ",
               boxes.sizes());
   TORCH_CHECK_VALUE(height >= 0 && width >= 0, op, ": height and width must be non-negative, got ", height, " x ",
                     width);
   check_channel_values(op, "std", std, grad.size(2));
   check_std_nonzero(op, std);
-}
-
-void check_multi_crop_boxes_cpu(const at::Tensor& boxes64, int64_t H, int64_t W) {
-  const int64_t* p = boxes64.data_ptr<int64_t>();
-  const int64_t N = boxes64.size(1);
-  const int64_t count = boxes64.size(0) * N;
-  for (int64_t i = 0; i < count; ++i) {
-    const int64_t t = p[4 * i], l = p[4 * i + 1], h = p[4 * i + 2], w = p[4 * i + 3];
-    // Written as !(valid) and with subtraction so huge values cannot overflow into "valid".
-    if (!(t >= 0 && l >= 0 && h >= 1 && w >= 1 && t <= H - h && l <= W - w)) {
-      fail_multi_crop_box(i / N, i % N, t, l, h, w, H, W);
-    }
-  }
 }
 
 TORCH_LIBRARY_FRAGMENT(lmcl, m) {

@@ -1,32 +1,36 @@
-// CPU stand-ins of the crop_saliency and select_anchor CUDA launchers: the same host code
-// (csrc/cuda/<op>_launch.h: table, Params, configs, ATen steps, flag checks) with HostGridLauncher in
-// place of CudaGridLauncher. `threads` and `max_blocks` let the tests force the grid-stride loops to
-// wrap around. The argument checks live in the library (not linked here); the tests pass valid metadata.
+// Grid-runner ops for crop_saliency and select_anchor: the CUDA entries' host code (csrc/host/<op>.h:
+// table, Params, ATen steps, flag checks) with HostGridLauncher in place of CudaGridLauncher. `threads`
+// and `max_blocks` let the tests force the grid-stride loops to wrap around. The argument checks live in
+// the library (not linked here); the tests pass valid metadata.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <tuple>
 
-#include "cuda/crop_saliency_launch.h"
-#include "cuda/select_anchor_launch.h"
 #include "grid_runner.h"
+#include "host/crop_saliency.h"
+#include "host/select_anchor.h"
 
 namespace {
+
+lmcl::HostGridLauncher launcher(int64_t threads, int64_t max_blocks) {
+  return lmcl::HostGridLauncher{lmcl::GridShape{threads, max_blocks}};
+}
 
 // Returns (means, invalid flags); with check=true also runs the CUDA op's box check.
 std::tuple<at::Tensor, at::Tensor> crop_saliency_grid(const at::Tensor& saliency, const at::Tensor& boxes,
                                                       int64_t threads, int64_t max_blocks, bool check) {
-  return lmcl::crop_saliency_grid(saliency, boxes, lmcl::HostGridLauncher{}, threads, max_blocks, check);
+  return lmcl::crop_saliency_grid(saliency, boxes, launcher(threads, max_blocks), check);
 }
 
 at::Tensor crop_saliency_backward_grid(const at::Tensor& grad, const at::Tensor& boxes, int64_t H, int64_t W,
                                        int64_t threads, int64_t max_blocks) {
-  return lmcl::crop_saliency_backward_grid(grad, boxes, H, W, lmcl::HostGridLauncher{}, threads, max_blocks);
+  return lmcl::crop_saliency_backward_grid(grad, boxes, H, W, launcher(threads, max_blocks));
 }
 
 // Returns the per-row result (-1 for a NaN row); with check=true also runs the CUDA op's NaN check.
 at::Tensor select_anchor_grid(const at::Tensor& scores, int64_t threads, int64_t max_blocks, bool check) {
-  return lmcl::select_anchor_grid(scores, lmcl::HostGridLauncher{}, threads, max_blocks, check);
+  return lmcl::select_anchor_grid(scores, launcher(threads, max_blocks), check);
 }
 
 }  // namespace

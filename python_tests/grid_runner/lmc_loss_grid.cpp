@@ -1,29 +1,17 @@
-// CPU stand-in of the lmc_loss CUDA launcher: the same tile loop (ops/lmc_loss_tiling.h) and launch
-// configurations (cuda/lmc_loss_launch.h), with every launch run by run_grid_on_host. The test op
-// takes the key tile width and the grid size so the tests can force several key tiles and grid-stride
-// wrap-around.
+// Grid-runner ops for lmc_loss: the CUDA entry's tile loop and passes (csrc/host/lmc_loss.h,
+// GridPasses) with HostGridLauncher in place of CudaGridLauncher. The test ops take the key tile width
+// and the grid size so the tests can force several key tiles and grid-stride wrap-around.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "cuda/lmc_loss_launch.h"
 #include "grid_runner.h"
-#include "ops/lmc_loss_tiling.h"
+#include "host/lmc_loss.h"
 
 namespace lmcl {
 namespace {
 
-struct HostLauncher {
-  template <class Body>
-  void run(const typename Body::Params& p, LaunchConfig config) const {
-    run_grid_on_host<Body>(p, config);
-  }
-};
-
-lmc::GridPasses<HostLauncher> make_passes(int64_t threads, int64_t max_blocks) {
-  lmc::GridPasses<HostLauncher> passes;
-  passes.threads = threads;
-  passes.max_blocks = max_blocks;
-  return passes;
+lmc::GridPasses<HostGridLauncher> make_passes(int64_t threads, int64_t max_blocks) {
+  return {HostGridLauncher{GridShape{threads, max_blocks}}};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lmc_loss_grid(

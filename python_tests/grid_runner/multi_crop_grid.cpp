@@ -1,28 +1,30 @@
-// CPU stand-ins of the CUDA multi_crop launchers: the same host code (csrc/cuda/multi_crop_launch.h:
-// box read-back, Params, launch configuration; the argument checks live in the library, not linked
-// here, so tests pass valid metadata) with HostGridLauncher in place of CudaGridLauncher.
-// `threads` and `max_blocks` let tests shrink the grid so the grid-stride loop wraps.
+// Grid-runner ops for multi_crop: the CUDA entries' host code (csrc/host/multi_crop.h on the grid
+// backend: box flags and read-back, Params, launches) with HostGridLauncher in place of CudaGridLauncher.
+// The argument checks live in the library, not linked here, so tests pass valid metadata. `threads` and
+// `max_blocks` let tests shrink the grid so the grid-stride loop wraps.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "cuda/multi_crop_launch.h"
 #include "grid_runner.h"
+#include "host/multi_crop.h"
 
 namespace {
+
+lmcl::MultiCropGrid<lmcl::HostGridLauncher> backend(int64_t threads, int64_t max_blocks) {
+  return {lmcl::HostGridLauncher{lmcl::GridShape{threads, max_blocks}}};
+}
 
 at::Tensor multi_crop_grid(const at::Tensor& images, const at::Tensor& boxes, at::IntArrayRef size,
                            std::optional<at::ArrayRef<double>> mean, std::optional<at::ArrayRef<double>> std,
                            const std::optional<at::Tensor>& flip, at::ScalarType out_dtype, int64_t threads,
                            int64_t max_blocks) {
-  return lmcl::multi_crop_grid(images, boxes, size, mean, std, flip, out_dtype, lmcl::HostGridLauncher{}, threads,
-                               max_blocks);
+  return lmcl::multi_crop_forward(backend(threads, max_blocks), images, boxes, size, mean, std, flip, out_dtype);
 }
 
 at::Tensor multi_crop_backward_grid(const at::Tensor& grad, const at::Tensor& boxes,
-                                    std::optional<at::ArrayRef<double>> std, const std::optional<at::Tensor>& flip,
-                                    int64_t height, int64_t width, int64_t threads, int64_t max_blocks) {
-  return lmcl::multi_crop_backward_grid(grad, boxes, std, flip, height, width, lmcl::HostGridLauncher{}, threads,
-                                        max_blocks);
+                                   std::optional<at::ArrayRef<double>> std, const std::optional<at::Tensor>& flip,
+                                   int64_t height, int64_t width, int64_t threads, int64_t max_blocks) {
+  return lmcl::multi_crop_backward(backend(threads, max_blocks), grad, boxes, std, flip, height, width);
 }
 
 // The forward Body with the box check skipped (uint8 NHWC, C = 3, float32 output): shows that the
@@ -31,9 +33,7 @@ at::Tensor multi_crop_unchecked_grid(const at::Tensor& images, const at::Tensor&
   at::Tensor out = at::empty({boxes.size(0), boxes.size(1), 3, size[0], size[1]}, images.options().dtype(at::kFloat));
   const at::Tensor boxes64 = boxes.to(at::kLong).contiguous();
   const auto affine = lmcl::multi_crop_affine(3, 1.0 / 255.0, std::nullopt, std::nullopt);
-  const auto p = lmcl::make_multi_crop_params<uint8_t, float>(images, boxes64, std::nullopt, affine, out);
-  lmcl::run_grid_on_host<lmcl::MultiCropBody<3, uint8_t, float>>(
-      p, lmcl::multi_crop_launch_config(out.numel() / 3, 64, 4));
+  backend(64, 4).forward<3>(lmcl::make_multi_crop_params<uint8_t, float>(images, boxes64, std::nullopt, affine, out));
   return out;
 }
 

@@ -1,7 +1,7 @@
-// lmc_loss tile loop, host side, shared by the CPU and CUDA kernels (and the grid-runner test):
-// tensors -> Params of the bodies in csrc/kernels/lmc_loss.h, GEMMs with at::mm, and the order of
-// passes. A `Passes` object runs the bodies: CpuPasses (at::parallel_for, csrc/cpu/lmc_loss_cpu.cpp)
-// or GridPasses (a 1-D grid per pass, csrc/cuda/lmc_loss_launch.h).
+// lmc_loss host side, shared by the CPU entry, the CUDA entry and the grid runner: tensors -> Params of
+// the bodies in csrc/kernels/lmc_loss_bodies.h, the GEMMs (at::mm), the order of passes, the backend
+// entries, and GridPasses (each pass one launch, csrc/host/launch.h). A `Passes` object runs the bodies:
+// CpuPasses (at::parallel_for, csrc/cpu/lmc_loss_cpu.cpp) or GridPasses<Launcher>.
 //
 // Keys are processed in chunks of T rows. Forward: S = Q K_chunk^T (GEMM), then one pass updates
 // each row's running max and sum. Backward recomputes S, turns it into gradient coefficients G in
@@ -17,7 +17,8 @@
 #include <limits>
 #include <tuple>
 
-#include "kernels/lmc_loss.h"
+#include "kernels/lmc_loss_bodies.h"
+#include "ops/lmc_loss.h"
 
 namespace lmcl {
 namespace lmc {
@@ -310,6 +311,60 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lmc_loss_backward(
   }
   return lmc_loss_backward_tiled<float>(passes, grad, z, anchor_idx, z_keys, teacher_keys, cluster_lse,
                                         cluster_logits, manifold_lse, o, output_mask);
+}
+
+// The element-wise passes as grid launches (CUDA entry, grid runner). Launcher: csrc/host/launch.h.
+template <typename Launcher>
+struct GridPasses {
+  // The forward's row pass reads its tiles column-major (see similarity_tile).
+  static constexpr bool kColumnMajorTiles = true;
+  using Guard = typename Launcher::Guard;
+  Launcher launcher;
+
+  // Row passes: one thread per item (row), grid-stride over the rest. Coalesced where it matters: the
+  // forward tile pass reads column-major tiles (neighbouring rows adjacent in memory).
+  template <class Body>
+  void for_each(const typename Body::Params& p, int64_t items, int64_t /*cost*/) {
+    launcher(Body{}, p, items);
+  }
+
+  // The backward tile pass: one thread per tile element, so neighbouring threads touch neighbouring
+  // elements (coalesced loads and stores).
+  template <typename acc_t>
+  void grad_tile(const typename GradTileBody<acc_t>::Params& p) {
+    launcher(GradTileBody<acc_t>{}, p, p.t.rows * p.t.cols);
+  }
+};
+
+// The registered kernels of a backend: m.impl("lmc_loss", &lmc_loss_entry<Passes>). Checks (anchor_idx
+// values in the forward only: the backward gets the tensor forward checked), then Passes::Guard (the
+// device guard on CUDA) for the length of the call.
+template <typename Passes>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lmc_loss_entry(
+    const at::Tensor& z, const at::Tensor& anchor_idx, const at::Tensor& z_keys, const at::Tensor& teacher_keys,
+    int64_t key_offset, double tau, double intra_weight, double manifold_weight, int64_t key_tile) {
+  check_lmc_loss_args(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight, key_tile,
+                      /*check_anchor_values=*/true);
+  const typename Passes::Guard guard(z.device());
+  Passes passes;
+  return lmc_loss_forward(passes, z, anchor_idx, z_keys, teacher_keys,
+                          LmcOptions{key_offset, tau, intra_weight, manifold_weight, key_tile});
+}
+
+template <typename Passes>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lmc_loss_backward_entry(
+    const at::Tensor& grad, const at::Tensor& z, const at::Tensor& anchor_idx, const at::Tensor& z_keys,
+    const at::Tensor& teacher_keys, const at::Tensor& cluster_lse, const at::Tensor& cluster_logits,
+    const at::Tensor& manifold_lse, int64_t key_offset, double tau, double intra_weight, double manifold_weight,
+    bool need_grad_z, bool need_grad_z_keys, bool need_grad_teacher_keys, int64_t key_tile) {
+  check_lmc_loss_args(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight, key_tile,
+                      /*check_anchor_values=*/false);
+  check_lmc_loss_backward_args(grad, z, cluster_lse, cluster_logits, manifold_lse);
+  const typename Passes::Guard guard(z.device());
+  Passes passes;
+  return lmc_loss_backward(passes, grad, z, anchor_idx, z_keys, teacher_keys, cluster_lse, cluster_logits,
+                           manifold_lse, LmcOptions{key_offset, tau, intra_weight, manifold_weight, key_tile},
+                           {need_grad_z, need_grad_z_keys, need_grad_teacher_keys});
 }
 
 }  // namespace lmc

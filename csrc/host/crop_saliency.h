@@ -1,0 +1,85 @@
+// crop_saliency host setup shared by the CUDA entry and the grid runner: the float64 table, tensors ->
+// Params, one look-up launch with the box check, and the backward's corner launch plus ATen steps.
+// Plain C++ and ATen (no CUDA API), run by a launcher (csrc/host/launch.h).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+
+#include <tuple>
+
+#include "host/boxes.h"
+#include "kernels/crop_saliency.h"
+
+namespace lmcl {
+
+// [B, H + 1, W + 1] float64 summed-area table with a zero first row and column: two ATen scans in
+// float64 (along rows, then down columns), reading saliency through its strides.
+inline at::Tensor crop_saliency_table(const at::Tensor& saliency) {
+  const int64_t B = saliency.size(0), H = saliency.size(1), W = saliency.size(2);
+  at::Tensor sat = at::zeros({B, H + 1, W + 1}, saliency.options().dtype(at::kDouble));
+  if (saliency.numel() > 0) {
+    sat.narrow(1, 1, H).narrow(2, 1, W).copy_(at::cumsum(at::cumsum(saliency, 2, at::kDouble), 1));
+  }
+  return sat;
+}
+
+// Accumulate the corner updates into the [B, H + 1, W + 1] difference array (index_put_ with
+// accumulate, which honours torch.use_deterministic_algorithms) and prefix-sum it in float64. Row H
+// and column W of the array never reach [0, H) x [0, W), so they are sliced off first.
+inline at::Tensor crop_saliency_adjoint(const at::Tensor& offset, const at::Tensor& value, int64_t B, int64_t H,
+                                        int64_t W) {
+  at::Tensor diff = at::zeros({B * (H + 1) * (W + 1)}, value.options());
+  diff.index_put_({offset}, value, /*accumulate=*/true);
+  const at::Tensor inner = diff.view({B, H + 1, W + 1}).narrow(1, 0, H).narrow(2, 0, W);
+  return at::cumsum(at::cumsum(inner, 2), 1).to(at::kFloat);
+}
+
+// crop_saliency through a launcher, after check_crop_saliency_args: the table, one look-up launch that
+// also flags invalid boxes, then (check = true, as the CUDA op always does) the box check's one
+// device->host read. Returns (means, invalid-box flags).
+template <typename Launcher>
+std::tuple<at::Tensor, at::Tensor> crop_saliency_grid(const at::Tensor& saliency, const at::Tensor& boxes,
+                                                      const Launcher& launcher, bool check) {
+  const int64_t B = saliency.size(0), H = saliency.size(1), W = saliency.size(2), N = boxes.size(1);
+  at::Tensor out = at::empty({B, N}, saliency.options());
+  at::Tensor invalid = at::empty({B, N}, saliency.options().dtype(at::kByte));
+  if (B * N == 0) {
+    return {out, invalid};
+  }
+  const at::Tensor sat = crop_saliency_table(saliency);
+  AT_DISPATCH_INDEX_TYPES(boxes.scalar_type(), "lmcl::crop_saliency_grid", [&] {
+    using Body = CropSaliencyLookupBody<index_t>;
+    launcher(Body{},
+             typename Body::Params{sat.data_ptr<double>(), box_table<index_t>(boxes), H, W, out.data_ptr<float>(),
+                                   invalid.data_ptr<uint8_t>()},
+             B * N);
+  });
+  if (check) {
+    check_box_flags("crop_saliency", invalid, boxes, H, W);
+  }
+  return {out, invalid};
+}
+
+// _crop_saliency_backward through a launcher, after check_crop_saliency_backward_args: one corner
+// launch, then the ATen accumulation and scans (crop_saliency_adjoint).
+template <typename Launcher>
+at::Tensor crop_saliency_backward_grid(const at::Tensor& grad, const at::Tensor& boxes, int64_t H, int64_t W,
+                                       const Launcher& launcher) {
+  const int64_t B = boxes.size(0), N = boxes.size(1);
+  if (B * H * W == 0) {
+    return at::empty({B, H, W}, grad.options());
+  }
+  at::Tensor offset = at::empty({B * N * 4}, grad.options().dtype(at::kLong));
+  at::Tensor value = at::empty({B * N * 4}, grad.options().dtype(at::kDouble));
+  AT_DISPATCH_INDEX_TYPES(boxes.scalar_type(), "lmcl::crop_saliency_backward_grid", [&] {
+    using Body = CropSaliencyCornersBody<index_t>;
+    launcher(Body{},
+             typename Body::Params{grad.data_ptr<float>(), grad.stride(0), grad.stride(1), box_table<index_t>(boxes),
+                                   H, W, offset.data_ptr<int64_t>(), value.data_ptr<double>()},
+             B * N);
+  });
+  return crop_saliency_adjoint(offset, value, B, H, W);
+}
+
+}  // namespace lmcl

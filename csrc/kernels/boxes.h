@@ -1,0 +1,85 @@
+// The box rule of every op (SPEC §1.1), as host/device math: reading a (top, left, height, width) box,
+// the validity predicate, the two clamps kernels apply so that a box that skipped the check never reads
+// out of bounds, and the flag kernel the GPU paths use for the check. Error text: csrc/host/boxes.h.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/common.h"
+
+namespace lmcl {
+
+// One box as stored: (top, left, height, width), unchecked.
+struct Box {
+  int64_t top, left, height, width;
+};
+
+// A box of four values `stride` apart (int32 or int64).
+template <typename index_t>
+LMCL_HD inline Box read_box(const index_t* box, int64_t stride) {
+  return Box{static_cast<int64_t>(box[0]), static_cast<int64_t>(box[stride]), static_cast<int64_t>(box[2 * stride]),
+             static_cast<int64_t>(box[3 * stride])};
+}
+
+// Inside the H x W image with height, width >= 1. Written with subtraction so that huge values cannot
+// overflow into "valid".
+LMCL_HD inline bool box_is_valid(const Box& b, int64_t H, int64_t W) {
+  return b.top >= 0 && b.left >= 0 && b.height >= 1 && b.width >= 1 && b.height <= H - b.top &&
+         b.width <= W - b.left;
+}
+
+// The rows [t0, t1) and columns [l0, l1) of a box inside the image, possibly empty (area 0): the clamp
+// of the summed-area look-ups (crop_saliency), where an empty box reads nothing.
+struct BoxSpan {
+  int64_t t0, l0, t1, l1;
+  LMCL_HD int64_t area() const { return (t1 - t0) * (l1 - l0); }
+};
+
+LMCL_HD inline BoxSpan box_span(const Box& b, int64_t H, int64_t W) {
+  BoxSpan c;
+  c.t0 = clamp_value<int64_t>(b.top, 0, H);
+  c.l0 = clamp_value<int64_t>(b.left, 0, W);
+  // height, width are clamped before the add so huge values cannot overflow.
+  c.t1 = c.t0 + clamp_value<int64_t>(b.height, 0, H - c.t0);
+  c.l1 = c.l0 + clamp_value<int64_t>(b.width, 0, W - c.l0);
+  return c;
+}
+
+// A box clamped to at least one pixel inside the image (H, W >= 1): the clamp of the bilinear resample
+// (multi_crop), which needs a source pixel to read. Valid boxes pass unchanged.
+LMCL_HD inline Box nonempty_box(const Box& b, int64_t H, int64_t W) {
+  const int64_t top = clamp_value<int64_t>(b.top, 0, H - 1);
+  const int64_t left = clamp_value<int64_t>(b.left, 0, W - 1);
+  return Box{top, left, clamp_value<int64_t>(b.height, 1, H - top), clamp_value<int64_t>(b.width, 1, W - left)};
+}
+
+// The boxes of a batch, [B, N, 4] read through strides.
+template <typename index_t>
+struct BoxTable {
+  const index_t* data;
+  int64_t stride_b, stride_n, stride_c;
+  int64_t B, N;
+  LMCL_HD Box operator()(int64_t b, int64_t n) const {
+    return read_box(data + b * stride_b + n * stride_n, stride_c);
+  }
+};
+
+// The GPU paths' box check: one flag per box (1 = invalid), grid-stride over B * N; the host reads the
+// first flag back once (check_box_flags in csrc/host/boxes.h).
+template <typename index_t>
+struct BoxFlagsBody {
+  struct Params {
+    BoxTable<index_t> boxes;
+    int64_t H, W;
+    uint8_t* invalid;  // [B, N], contiguous
+  };
+
+  static LMCL_HD void run(const Params& p, GridIndex g) {
+    const int64_t total = p.boxes.B * p.boxes.N;
+    for (int64_t i = g.first(); i < total; i += g.stride()) {
+      p.invalid[i] = box_is_valid(p.boxes(i / p.boxes.N, i % p.boxes.N), p.H, p.W) ? 0 : 1;
+    }
+  }
+};
+
+}  // namespace lmcl

@@ -1,0 +1,89 @@
+// lmc_loss online log-sum-exp: the update of a query row's running (max, sum) over one similarity tile,
+// and the row loss once every tile has been seen.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/fast_math.h"
+#include "kernels/lmc_loss_mask.h"
+
+namespace lmcl {
+namespace lmc {
+
+// Offset of column j within a tile row: unit stride (the CPU's row-major tiles, whose row loops
+// vectorise) or a run-time stride (the GPU's column-major tiles: one thread per row, so a warp reads
+// 32 neighbouring elements of each column, coalesced).
+struct UnitCols {
+  LMCL_HD int64_t operator()(int64_t j) const { return j; }
+};
+struct StridedCols {
+  int64_t stride;
+  LMCL_HD int64_t operator()(int64_t j) const { return j * stride; }
+};
+
+// Online log-sum-exp over one tile row: s[off(0..cols)] are similarities with key rows col0.., the
+// running (max, sum) of the row is updated in place; the raw logits of the row's own-image keys that
+// fall in this tile are copied to same_logit[0..N) (positives and the cluster's p_k).
+template <typename acc_t, typename Cols>
+LMCL_HD inline void lse_tile_row(const acc_t* s, Cols off, int64_t cols, int64_t col0, const RowPlace& place,
+                                 int64_t N, acc_t inv_tau, acc_t self_log_w, acc_t same_log_w, acc_t& run_max,
+                                 acc_t& run_sum, acc_t* same_logit) {
+  // The own image's keys are a contiguous range: plain loops on both sides of it vectorise.
+  const int64_t a = clamp_value<int64_t>(place.same_lo - col0, 0, cols);
+  const int64_t b = clamp_value<int64_t>(place.same_lo + N - col0, 0, cols);
+  acc_t tmax = neg_inf<acc_t>();
+  LMCL_SIMD_MAX(tmax)
+  for (int64_t j = 0; j < a; ++j) {
+    const acc_t l = s[off(j)] * inv_tau;
+    tmax = l > tmax ? l : tmax;
+  }
+  for (int64_t j = a; j < b; ++j) {
+    const acc_t l = s[off(j)] * inv_tau + pair_log_weight(col0 + j, place, N, self_log_w, same_log_w);
+    tmax = l > tmax ? l : tmax;
+    same_logit[col0 + j - place.same_lo] = s[off(j)] * inv_tau;
+  }
+  LMCL_SIMD_MAX(tmax)
+  for (int64_t j = b; j < cols; ++j) {
+    const acc_t l = s[off(j)] * inv_tau;
+    tmax = l > tmax ? l : tmax;
+  }
+  if (tmax == neg_inf<acc_t>()) {
+    return;  // every pair of this tile is masked out
+  }
+  const acc_t m = run_max > tmax ? run_max : tmax;
+  acc_t sum = acc_t(0);
+  LMCL_SIMD_SUM(sum)
+  for (int64_t j = 0; j < a; ++j) {
+    sum += exp_acc(s[off(j)] * inv_tau - m);
+  }
+  for (int64_t j = a; j < b; ++j) {
+    sum += exp_acc(s[off(j)] * inv_tau + pair_log_weight(col0 + j, place, N, self_log_w, same_log_w) - m);
+  }
+  LMCL_SIMD_SUM(sum)
+  for (int64_t j = b; j < cols; ++j) {
+    sum += exp_acc(s[off(j)] * inv_tau - m);
+  }
+  run_sum = run_sum * exp_acc(run_max - m) + sum;
+  run_max = m;
+}
+
+// Row losses once every key tile has been seen. Manifold row: lse - positive logit. Cluster row i
+// (lse = log NEG_i): sum over k != s_i of -log(e^{p_k} / (e^{p_k} + NEG_i)) = softplus(log NEG_i - p_k).
+template <typename acc_t>
+LMCL_HD inline acc_t finalize_row(acc_t run_max, acc_t run_sum, const acc_t* same_logit, int64_t self_crop,
+                                  int64_t N, bool cluster, acc_t& lse) {
+  lse = run_max + log_acc(run_sum);
+  if (!cluster) {
+    return lse - same_logit[self_crop];
+  }
+  acc_t loss = acc_t(0);
+  for (int64_t k = 0; k < N; ++k) {
+    if (k != self_crop) {
+      loss += softplus(lse - same_logit[k]);
+    }
+  }
+  return loss;
+}
+
+}  // namespace lmc
+}  // namespace lmcl
