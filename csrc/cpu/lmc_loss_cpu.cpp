@@ -44,8 +44,6 @@ LMCL_AVX2_CLONE void items_avx2(const typename Body::Params& p, int64_t begin, i
 #endif
 
 struct CpuPasses {
-  // Row-major similarity tiles: each chunk's row loops run over contiguous memory and vectorise.
-  static constexpr bool kColumnMajorTiles = false;
   using Guard = NoDeviceGuard;
 
   // ~32k scalar operations per chunk (ATen's GRAIN_SIZE), cost = operations per item.

@@ -1,8 +1,9 @@
 // The one launcher interface and the launch defaults, host side (plain C++, compiled by g++ too).
-// A launcher is a function object `launcher(Body{}, params, items)` that runs the kernel Body over a
-// grid-stride loop covering `items`: CudaGridLauncher (csrc/cuda/launch.cuh) on the GPU, HostGridLauncher
-// (python_tests/grid_runner/grid_runner.h) on the CPU in the tests. Both size the grid with GridShape
-// and name the device guard a call holds (Guard).
+// A launcher is a function object: `launcher(Body{}, params, items)` runs the kernel Body over a
+// grid-stride loop covering `items`, and `launcher.rows(Body{}, params)` runs a row-group body
+// (kernels/row_groups.h), a group of threads per row. CudaGridLauncher (csrc/cuda/launch.cuh) on the GPU,
+// HostGridLauncher (python_tests/grid_runner/grid_runner.h) on the CPU in the tests. Both size the grid
+// with GridShape and name the device guard a call holds (Guard).
 #pragma once
 
 #include <c10/core/Device.h>
@@ -10,6 +11,7 @@
 #include <cstdint>
 
 #include "kernels/common.h"
+#include "kernels/row_groups.h"
 
 namespace lmcl {
 
@@ -30,6 +32,14 @@ struct GridShape {
   LaunchConfig cover(int64_t items) const {
     const int64_t wanted = items <= 0 ? 0 : ceil_div<int64_t>(items, threads);
     return LaunchConfig{wanted < max_blocks ? wanted : max_blocks, threads};
+  }
+
+  // A row-group launch (kernels/row_groups.h): threads rounded up to whole groups of kRowLanes, a group per
+  // row, capped at max_blocks (each group's grid-stride loop covers the rest).
+  LaunchConfig cover_rows(int64_t rows) const {
+    const int64_t group_threads = ceil_div<int64_t>(threads > 0 ? threads : 1, kRowLanes) * kRowLanes;
+    const int64_t wanted = rows <= 0 ? 0 : ceil_div<int64_t>(rows, group_threads / kRowLanes);
+    return LaunchConfig{wanted < max_blocks ? wanted : max_blocks, group_threads};
   }
 };
 
