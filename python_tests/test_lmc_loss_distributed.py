@@ -26,11 +26,20 @@ def _global_batch():
 
 def _worker(rank, init_file, out_dir, with_teacher, legacy_gather):
     torch.set_num_threads(1)
-    if legacy_gather:  # as on torch 2.4 - 2.12, which only have all_gather_tensor_autograd
+    legacy_calls = []
+    if legacy_gather:  # the API of torch 2.4 - 2.12: a differentiable all_gather_tensor_autograd, no all_gather_single
         from torch.distributed import _functional_collectives as funcol
 
+        # Newer torch: its deprecated alias calls the name hidden here, so the alias is rebound to the function.
+        differentiable = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor_autograd
         if hasattr(funcol, "all_gather_single"):
             del funcol.all_gather_single
+
+        def legacy(x, dim, group, tag=""):
+            legacy_calls.append(dim)
+            return differentiable(x, dim, group, tag)
+
+        funcol.all_gather_tensor_autograd = legacy
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         z, t, a = _global_batch()
@@ -39,8 +48,8 @@ def _worker(rank, init_file, out_dir, with_teacher, legacy_gather):
         t_local = t[rows].clone().requires_grad_(True) if with_teacher else None
         loss = lmc_loss(z_local, a[rows], t_local, group=dist.group.WORLD, **KW)
         loss.backward()
-        torch.save(dict(loss=loss.detach(), z_grad=z_local.grad,
-                        t_grad=t_local.grad if with_teacher else None), os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(dict(loss=loss.detach(), z_grad=z_local.grad, t_grad=t_local.grad if with_teacher else None,
+                        legacy_calls=len(legacy_calls)), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -52,6 +61,9 @@ def test_group_matches_single_process_global_batch(tmp_path, with_teacher, legac
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path), with_teacher, legacy_gather), nprocs=WORLD,
              join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    # The fallback gathers once with teacher=None (the keys serve as both), twice with a teacher.
+    gathers = (2 if with_teacher else 1) if legacy_gather else 0
+    assert [r["legacy_calls"] for r in results] == [gathers] * WORLD
 
     z, t, a = _global_batch()
     z = z.requires_grad_(True)
