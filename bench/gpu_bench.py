@@ -139,7 +139,8 @@ CASES = [_multi_crop_cases, _crop_saliency_cases, _spectral_residual_cases, _sel
 def _header(device: str, rounds: int, limits: dict) -> str:
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
     return (f"Device {name}, torch {torch.__version__}, {rounds} interleaved rounds; measured copy "
-            f"{limits['copy_GB/s']:.3g} GB/s (read + write), float32 GEMM {limits['fp32_gemm_TFLOP/s']:.3g} TFLOP/s.\n\n"
+            f"{limits['copy_GB/s']:.3g} GB/s (read + write), float32 GEMM "
+            f"{limits['fp32_gemm_TFLOP/s']:.3g} TFLOP/s.\n\n"
             "| case | contender | min ms | median ms | x lmcl (min) | achieved |\n|---|---|---|---|---|---|")
 
 

@@ -1,6 +1,7 @@
-// The Python module lmcl_fast._C. Loading it runs the static TORCH_LIBRARY registrations of every op
-// compiled into this library; the ops themselves are reached through torch.ops.lmcl, never through
-// pybind11. The module exposes one function, build_info(), so tests can prove how it was built.
+// The Python module lmcl_fast._C: loads the op registrations and exposes build_info().
+// Loading it runs the static TORCH_LIBRARY registrations of every op compiled into this library; the ops
+// themselves are reached through torch.ops.lmcl, never through pybind11. The module exposes one function,
+// build_info(), so tests can prove how it was built.
 #include <ATen/Parallel.h>
 #include <pybind11/pybind11.h>
 

@@ -79,7 +79,8 @@ def test_the_real_ddp_signature_is_detected():
 
     has = "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
     assert _torch_compat.ddp_accepts_forward_sync_buffers() == has
-    assert _torch_compat.ddp_accepts_forward_sync_buffers(_NewDDP) and not _torch_compat.ddp_accepts_forward_sync_buffers(_OldDDP)
+    assert _torch_compat.ddp_accepts_forward_sync_buffers(_NewDDP)
+    assert not _torch_compat.ddp_accepts_forward_sync_buffers(_OldDDP)
 
 
 @pytest.mark.parametrize("ddp_class", [_NewDDP, _OldDDP], ids=["torch>=2.13", "torch<2.13"])

@@ -1,5 +1,6 @@
-// crop_saliency on the CPU, parallel over images (grain 1); every chunk writes its own images, so
-// results are bit-reproducible. Per image, one sweep down the map:
+// crop_saliency and its backward on the CPU: one row sweep per image, in parallel over images.
+// Grain 1 image; every chunk writes its own images, so results are bit-reproducible. Per image, one
+// sweep down the map:
 //  forward:  running float64 column sums; at each row some box reads (its top or bottom), the table
 //            row is built from them into a row buffer and those boxes take their two look-ups;
 //  backward: running column sums of the box-corner difference array; each gradient row is their

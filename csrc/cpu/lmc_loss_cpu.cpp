@@ -1,6 +1,6 @@
-// lmc_loss on the CPU: the tile loop of host/lmc_loss.h (GEMMs by at::mm, i.e. MKL/oneDNN)
-// with every element-wise pass run by at::parallel_for over query rows. Each chunk of rows writes only
-// its own rows, so there are no atomics and results are bit-reproducible run to run.
+// lmc_loss and its backward on the CPU: CpuPasses (at::parallel_for) under the tile loop of host/lmc_loss.h.
+// GEMMs by at::mm (MKL/oneDNN); every element-wise pass runs by at::parallel_for over query rows. Each chunk
+// of rows writes only its own rows, so there are no atomics and results are bit-reproducible run to run.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

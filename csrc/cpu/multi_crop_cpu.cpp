@@ -1,5 +1,5 @@
-// multi_crop and _multi_crop_backward on the CPU: the entries of host/multi_crop.h on a backend that runs
-// at::parallel_for over the math in kernels/multi_crop.h. Forward: one chunk = a run of output rows;
+// multi_crop and its backward on the CPU: the at::parallel_for backend of host/multi_crop.h.
+// Forward: one chunk = a run of output rows;
 // backward: one chunk = whole image planes (b, c), so every thread owns what it writes and the result
 // is bit-reproducible.
 #include <ATen/ATen.h>

@@ -1,6 +1,7 @@
-// CudaGridLauncher: the launcher interface of csrc/host/launch.h on the GPU. It runs a kernel Body over
-// a 1-D grid on the current stream; the same Body and host code run on the CPU in the grid-runner tests
-// (python_tests/grid_runner), so the index mapping the GPU uses is the one those tests check.
+// CudaGridLauncher: the launcher interface of csrc/host/launch.h on the GPU.
+// It runs a kernel Body over a 1-D grid on the current stream; the same Body and host code run on the CPU in
+// the grid-runner tests (python_tests/grid_runner), so the index mapping the GPU uses is the one those tests
+// check.
 #pragma once
 
 // c10's stream header, not ATen/cuda/CUDAContext.h: the latter pulls in cuSPARSE/cuBLAS headers,

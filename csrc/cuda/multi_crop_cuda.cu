@@ -1,6 +1,5 @@
-// multi_crop and _multi_crop_backward on CUDA: argument checks, device guard, then the entries of
-// host/multi_crop.h on the grid backend (one box-flag launch and read-back, one launch of the
-// kernels/multi_crop.h bodies) on the current stream.
+// multi_crop and its backward on CUDA: checks, device guard, then host/multi_crop.h on the grid backend.
+// One box-flag launch and read-back, then one launch of the kernels/multi_crop.h bodies, on the current stream.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>

@@ -1,5 +1,5 @@
-// select_anchor on CUDA: one thread per row (N, the crops per image, is small), then one
-// device->host read for the NaN check. Host code: host/select_anchor.h.
+// select_anchor on CUDA: checks, device guard, then host/select_anchor.h on the GPU.
+// One thread per row (N, the crops per image, is small), then one device->host read for the NaN check.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>

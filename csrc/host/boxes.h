@@ -1,6 +1,7 @@
-// The box rule on the host side, shared by every op's CPU entry, CUDA entry and the grid runner: the
-// ValueError text for a box outside its image, the CPU check (a loop over the boxes before any kernel)
-// and the GPU check (BoxFlagsBody, then one device->host read). Predicate and clamps: kernels/boxes.h.
+// The box rule on the host: the one error text, the CPU box check and the GPU box check.
+// Shared by every op's CPU entry, CUDA entry and the grid runner. The CPU check loops over the boxes before
+// any kernel; the GPU check is BoxFlagsBody, then one device->host read. Predicate and clamps:
+// kernels/boxes.h.
 #pragma once
 
 #include <ATen/ATen.h>

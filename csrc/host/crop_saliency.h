@@ -1,5 +1,4 @@
-// crop_saliency host setup shared by the CUDA entry and the grid runner: the float64 table, tensors ->
-// Params, one look-up launch with the box check, and the backward's corner launch plus ATen steps.
+// crop_saliency host setup for the CUDA entry and the grid runner: table, Params, launches, box check.
 // Plain C++ and ATen (no CUDA API), run by a launcher (csrc/host/launch.h).
 #pragma once
 

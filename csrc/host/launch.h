@@ -1,9 +1,8 @@
-// The one launcher interface and the launch defaults, host side (plain C++, compiled by g++ too).
-// A launcher is a function object: `launcher(Body{}, params, items)` runs the kernel Body over a
-// grid-stride loop covering `items`, and `launcher.rows(Body{}, params)` runs a row-group body
-// (kernels/row_groups.h), a group of threads per row. CudaGridLauncher (csrc/cuda/launch.cuh) on the GPU,
-// HostGridLauncher (python_tests/grid_runner/grid_runner.h) on the CPU in the tests. Both size the grid
-// with GridShape and name the device guard a call holds (Guard).
+// The one launcher interface (launcher(Body{}, params, items); launcher.rows(Body{}, params) for row-group
+// bodies, kernels/row_groups.h) and the launch defaults (GridShape). Plain C++, compiled by g++ too. A
+// launcher runs the kernel Body over a grid-stride loop covering `items`, or a group of threads per row:
+// CudaGridLauncher (csrc/cuda/launch.cuh) on the GPU, HostGridLauncher (python_tests/grid_runner/grid_runner.h)
+// on the CPU in the tests. Both size the grid with GridShape and name the device guard a call holds (Guard).
 #pragma once
 
 #include <c10/core/Device.h>

@@ -1,7 +1,7 @@
-// lmc_loss host side, shared by the CPU entry, the CUDA entry and the grid runner: tensors -> Params of
-// the bodies in csrc/kernels/lmc_loss_bodies.h, the GEMMs (at::mm), the order of passes, the backend
-// entries, and GridPasses (each pass one launch, csrc/host/launch.h). A `Passes` object runs the bodies:
-// CpuPasses (at::parallel_for, csrc/cpu/lmc_loss_cpu.cpp) or GridPasses<Launcher>.
+// lmc_loss host side for every backend and the grid runner: the tile loop, GridPasses and the entries.
+// Tensors -> Params of the bodies in csrc/kernels/lmc_loss_bodies.h, the GEMMs (at::mm), the order of passes,
+// the backend entries, and GridPasses (each pass one launch, csrc/host/launch.h). A `Passes` object runs the
+// bodies: CpuPasses (at::parallel_for, csrc/cpu/lmc_loss_cpu.cpp) or GridPasses<Launcher>.
 //
 // Keys are processed in chunks of T rows. Forward: S = Q K_chunk^T (GEMM), then one pass updates
 // each row's running max and sum. Backward recomputes S, turns it into gradient coefficients G in

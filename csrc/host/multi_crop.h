@@ -1,7 +1,7 @@
-// multi_crop host setup shared by the CPU entry, the CUDA entry and the grid runner: output allocation,
-// the per-channel affine, tensors -> Params, the box check and the dtype ladder, written once as entry
-// templates over a backend (MultiCropGrid below; MultiCropCpu in csrc/cpu/multi_crop_cpu.cpp).
-// A backend has check_boxes(op, boxes64, H, W), forward<kC, in_t, out_t>(params) and backward<g_t>(params).
+// multi_crop host setup for every backend and the grid runner: Params, affine, entries over a backend.
+// Output allocation, the per-channel affine, tensors -> Params, the box check and the dtype ladder, as entry
+// templates over a backend (MultiCropGrid below; MultiCropCpu in csrc/cpu/multi_crop_cpu.cpp). A backend has
+// check_boxes(op, boxes64, H, W), forward<kC, in_t, out_t>(params) and backward<g_t>(params).
 #pragma once
 
 #include <ATen/ATen.h>

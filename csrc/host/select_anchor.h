@@ -1,5 +1,4 @@
-// select_anchor host setup shared by the CPU entry, the CUDA entry and the grid runner: the NaN error
-// text, tensors -> Params, one launch and the one device->host read of the NaN check.
+// select_anchor host setup for every backend and the grid runner: NaN error text, one launch, NaN check.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -1,6 +1,6 @@
-// The box rule of every op (SPEC §1.1), as host/device math: reading a (top, left, height, width) box,
-// the validity predicate, the two clamps kernels apply so that a box that skipped the check never reads
-// out of bounds, and the flag kernel the GPU paths use for the check. Error text: csrc/host/boxes.h.
+// The box rule as host/device math: box reads, the validity predicate, the two clamps, the flag body.
+// SPEC §1.1. The clamps keep a box that skipped the check from reading out of bounds. Error text:
+// csrc/host/boxes.h.
 #pragma once
 
 #include <cstdint>
@@ -64,8 +64,18 @@ struct BoxTable {
   }
 };
 
-// The GPU paths' box check: one flag per box (1 = invalid), grid-stride over B * N; the host reads the
-// first flag back once (check_box_flags in csrc/host/boxes.h).
+// A grid-stride loop over the B * N boxes of a table: f(i, b, n) for box i = b * N + n.
+template <typename index_t, typename F>
+LMCL_HD inline void for_each_box(const BoxTable<index_t>& boxes, GridIndex g, const F& f) {
+  const int64_t total = boxes.B * boxes.N;
+  for (int64_t i = g.first(); i < total; i += g.stride()) {
+    const int64_t b = i / boxes.N;
+    f(i, b, i - b * boxes.N);
+  }
+}
+
+// The GPU paths' box check: one flag per box (1 = invalid); the host reads the first flag back once
+// (check_box_flags in csrc/host/boxes.h).
 template <typename index_t>
 struct BoxFlagsBody {
   struct Params {
@@ -75,10 +85,9 @@ struct BoxFlagsBody {
   };
 
   static LMCL_HD void run(const Params& p, GridIndex g) {
-    const int64_t total = p.boxes.B * p.boxes.N;
-    for (int64_t i = g.first(); i < total; i += g.stride()) {
-      p.invalid[i] = box_is_valid(p.boxes(i / p.boxes.N, i % p.boxes.N), p.H, p.W) ? 0 : 1;
-    }
+    for_each_box(p.boxes, g, [&](int64_t i, int64_t b, int64_t n) {
+      p.invalid[i] = box_is_valid(p.boxes(b, n), p.H, p.W) ? 0 : 1;
+    });
   }
 };
 

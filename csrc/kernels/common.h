@@ -1,4 +1,4 @@
-// Shared by every kernel header: host/device annotations, small integer helpers, and the grid index.
+// Shared by every kernel header: LMCL_HD, ceil_div, clamp_value and the grid index.
 // Rules for csrc/kernels/*.h: no ATen types, no allocation, no exceptions, no host-only std:: calls.
 #pragma once
 

@@ -1,13 +1,13 @@
-// crop_saliency math (summed-area look-ups, the CPU row sweep, the adjoint, the launch bodies), shared
-// by the CPU kernel, the CUDA kernels and the grid-runner tests. Box clamp (box_span): kernels/boxes.h.
-// The summed-area table of one image is (H+1) x (W+1) with a zero first row and column:
-// sat[i][j] = sum of saliency[0:i, 0:j]. A box (top, left, height, width) is four look-ups, on table
-// rows t0 = top and t1 = top + height: sum = span(row t1) - span(row t0), span(row) = row[l1] - row[l0].
-// The CUDA kernel stores the whole table; the CPU kernel sweeps the image once, keeping running
-// column sums and building a table row only where a box reads it (a stored table would cost 8 bytes
-// written per pixel against 4 read). Both take the same look-ups in the same order.
-// The backward is the mean's adjoint: each box spreads g / area uniformly over its pixels, i.e. four
-// corner updates of a 2-D difference array whose 2-D prefix sum is the gradient.
+// crop_saliency host/device math: summed-area look-ups, the CPU row sweep, the adjoint, launch bodies.
+// Shared by the CPU kernel, the CUDA kernels and the grid-runner tests. Box clamp (box_span):
+// kernels/boxes.h. The summed-area table of one image is (H+1) x (W+1) with a zero first row and column:
+// sat[i][j] = sum of saliency[0:i, 0:j]. A box (top, left, height, width) is four look-ups, on table rows t0
+// = top and t1 = top + height: sum = span(row t1) - span(row t0), span(row) = row[l1] - row[l0]. The CUDA
+// kernel stores the whole table; the CPU kernel sweeps the image once, keeping running column sums and
+// building a table row only where a box reads it (a stored table would cost 8 bytes written per pixel against
+// 4 read). Both take the same look-ups in the same order. The backward is the mean's adjoint: each box
+// spreads g / area uniformly over its pixels, i.e. four corner updates of a 2-D difference array whose 2-D
+// prefix sum is the gradient.
 #pragma once
 
 #include "kernels/boxes.h"
@@ -139,15 +139,12 @@ struct CropSaliencyLookupBody {
   };
 
   static LMCL_HD void run(const Params& p, GridIndex g) {
-    const int64_t N = p.boxes.N;
-    const int64_t total = p.boxes.B * N;
     const int64_t table = (p.H + 1) * (p.W + 1);
-    for (int64_t i = g.first(); i < total; i += g.stride()) {
-      const int64_t b = i / N;
-      const Box box = p.boxes(b, i - b * N);
+    for_each_box(p.boxes, g, [&](int64_t i, int64_t b, int64_t n) {
+      const Box box = p.boxes(b, n);
       p.out[i] = static_cast<float>(box_mean(p.sat + b * table, p.W, box_span(box, p.H, p.W)));
       p.invalid[i] = box_is_valid(box, p.H, p.W) ? 0 : 1;
-    }
+    });
   }
 };
 
@@ -165,19 +162,15 @@ struct CropSaliencyCornersBody {
   };
 
   static LMCL_HD void run(const Params& p, GridIndex g) {
-    const int64_t N = p.boxes.N;
-    const int64_t total = p.boxes.B * N;
     const int64_t table = (p.H + 1) * (p.W + 1);
-    for (int64_t i = g.first(); i < total; i += g.stride()) {
-      const int64_t b = i / N;
-      const int64_t n = i - b * N;
+    for_each_box(p.boxes, g, [&](int64_t i, int64_t b, int64_t n) {
       const BoxSpan c = box_span(p.boxes(b, n), p.H, p.W);
       const double gv = static_cast<double>(p.grad[b * p.grad_stride_b + n * p.grad_stride_n]);
       box_adjoint_corners<double>(p.W, c, box_adjoint_value(gv, c), p.offset + 4 * i, p.value + 4 * i);
       for (int k = 0; k < 4; ++k) {
         p.offset[4 * i + k] += b * table;
       }
-    }
+    });
   }
 };
 

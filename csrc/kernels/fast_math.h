@@ -1,6 +1,5 @@
-// Host/device math for the exp-bound tile loops: a branch-free float exp, bit casts and masked selects
-// that keep CPU loops vectorisable, log/sqrt overloads per compute type, softplus and sigmoid, and the
-// OpenMP SIMD reduction pragmas of the CPU build.
+// Host/device fast math for the exp-bound tile loops: float exp polynomial, bit casts, selects, SIMD pragmas.
+// The selects and the exp keep CPU loops vectorisable; log/sqrt overloads per compute type; softplus, sigmoid.
 #pragma once
 
 #include <cmath>

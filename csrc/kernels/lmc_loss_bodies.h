@@ -1,7 +1,8 @@
-// lmc_loss launch bodies over the similarity tiles that the host side computes with GEMMs
-// (csrc/host/lmc_loss.h): normalisation, the forward's online-LSE pass, the row losses, the cluster
-// coefficients, the backward's per-pair gradient and the normalisation backward. Shared by the CPU
-// kernel (item/row inside at::parallel_for), the CUDA kernel and the grid runner (run).
+// lmc_loss launch bodies (one item = one row or tile element) over the math of the other lmc_loss_*.h.
+// The similarity tiles come from GEMMs on the host side (csrc/host/lmc_loss.h). Bodies: normalisation, the
+// forward's online-LSE pass, the row losses, the cluster coefficients, the backward's per-pair gradient and
+// the normalisation backward. Shared by the CPU kernel (item/row inside at::parallel_for), the CUDA kernel
+// and the grid runner (run).
 #pragma once
 
 #include <cstdint>

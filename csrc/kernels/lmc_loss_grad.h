@@ -1,5 +1,5 @@
-// lmc_loss backward per pair: a similarity turned into its gradient coefficient
-// g = exp(logit + log_w - lse) * row_scale - pos_term, a tile row at a time, and the cluster rows' coefficients.
+// lmc_loss backward per pair: the gradient coefficient of a similarity, per tile row and per cluster row.
+// g = exp(logit + log_w - lse) * row_scale - pos_term.
 #pragma once
 
 #include <cstdint>

@@ -1,5 +1,4 @@
-// lmc_loss online log-sum-exp: the update of a query row's running (max, sum) over one similarity tile,
-// and the row loss once every tile has been seen.
+// lmc_loss online log-sum-exp over one similarity tile, and the row losses after the last tile.
 #pragma once
 
 #include <cstdint>

@@ -1,5 +1,5 @@
-// lmc_loss pair roles: where a query row sits among the keys, the additive log-weight of each (row, key)
-// pair (positive, intra-class, inter-class; cluster rows drop their own image) and its positive term.
+// lmc_loss pair roles: a query row's place among the keys, each pair's log-weight and positive term.
+// Roles: positive, intra-class, inter-class; cluster rows drop their own image.
 // Rows are manifold rows r = i*N + k (student crop k of image i) or cluster rows i (the anchor crop s_i
 // of image i). Key row c = j*N + k' is crop k' of key image j; the query's own image is key_offset + i.
 #pragma once

@@ -1,6 +1,6 @@
-// multi_crop math (SPEC §1.1), once, for the CPU kernel, the CUDA kernel and the grid runner:
-// bilinear source taps (F.interpolate, align_corners=False, antialias=False), one output pixel (all
-// channels) read through the image strides, the launch bodies, and the adjoint for backward.
+// multi_crop host/device math: bilinear taps, one output pixel and row, launch bodies, the adjoint.
+// SPEC §1.1, once, for the CPU kernel, the CUDA kernel and the grid runner. The taps follow F.interpolate
+// (bilinear, align_corners=False, antialias=False); pixels are read through the image strides.
 #pragma once
 
 #include "kernels/boxes.h"

@@ -1,5 +1,5 @@
-// select_anchor math, shared by the CPU kernel, the CUDA kernel and the grid-runner test: the index of
-// the largest score of one row (ties go to the lowest index), or -1 when the row holds a NaN. The ops
+// select_anchor host/device math: the argmax of one score row (or -1 for a NaN) and its launch body.
+// Shared by the CPU kernel, the CUDA kernel and the grid-runner test. Ties go to the lowest index; the ops
 // turn a -1 into the ValueError of SPEC §1.3.
 #pragma once
 

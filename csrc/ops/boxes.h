@@ -1,5 +1,5 @@
-// Metadata checks of a `boxes` argument, shared by every op that takes boxes (mirrored by
-// lmcl_fast/ops/_boxes.py in the fake kernels). The value rule (inside the image) is host/boxes.h.
+// Metadata checks of a `boxes` argument, shared by every op that takes boxes.
+// Mirrored by lmcl_fast/ops/_boxes.py in the fake kernels; the value rule (inside the image) is host/boxes.h.
 #pragma once
 
 #include <ATen/ATen.h>

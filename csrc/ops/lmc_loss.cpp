@@ -1,5 +1,5 @@
-// lmc_loss schema and argument checks. Kernels: csrc/cpu/lmc_loss_cpu.cpp, csrc/cuda/lmc_loss_cuda.cu,
-// both driving the tile loop of csrc/host/lmc_loss.h over the bodies of csrc/kernels/lmc_loss_bodies.h.
+// lmc_loss schema and argument checks (no kernels here).
+// Kernels: csrc/cpu/lmc_loss_cpu.cpp, csrc/cuda/lmc_loss_cuda.cu, both driving the tile loop of host/lmc_loss.h.
 #include "ops/lmc_loss.h"
 
 #include <torch/library.h>
@@ -40,8 +40,9 @@ void check_lmc_loss_args(const at::Tensor& z, const at::Tensor& anchor_idx, cons
               " of the student keys (z, or z gathered over the group), got ", teacher_keys.sizes());
   TORCH_CHECK(z_keys.device() == z.device() && teacher_keys.device() == z.device() &&
                   anchor_idx.device() == z.device(),
-              "lmc_loss: z, anchor_idx and teacher must be on one device, got z on ", z.device(), ", anchor_idx on ",
-              anchor_idx.device(), ", teacher on ", teacher_keys.device());
+              "lmc_loss: z, z_keys, teacher and anchor_idx must be on one device, got z on ", z.device(),
+              ", z_keys on ", z_keys.device(), ", teacher on ", teacher_keys.device(), ", anchor_idx on ",
+              anchor_idx.device());
   TORCH_CHECK_TYPE(anchor_idx.scalar_type() == at::kLong, "lmc_loss: anchor_idx must be int64, got ",
                    anchor_idx.scalar_type());
   TORCH_CHECK(anchor_idx.dim() == 1 && anchor_idx.size(0) == B, "lmc_loss: anchor_idx must have shape [B] = [", B,
@@ -70,8 +71,8 @@ void check_lmc_loss_backward_args(const at::Tensor& grad, const at::Tensor& z, c
                                   const at::Tensor& cluster_logits, const at::Tensor& manifold_lse) {
   const auto acc = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   TORCH_CHECK(grad.numel() == 1 && grad.scalar_type() == acc && grad.device() == z.device(),
-              "_lmc_loss_backward: grad must be one ", acc, " value on z's device, got ", grad.sizes(), " ",
-              grad.scalar_type());
+              "_lmc_loss_backward: grad must be one ", acc, " value on z's device (", z.device(), "), got ",
+              grad.sizes(), " ", grad.scalar_type(), " on ", grad.device());
   const int64_t B = z.size(0);
   const int64_t N = z.size(1);
   TORCH_CHECK(cluster_lse.sizes() == at::IntArrayRef({B}) && cluster_lse.scalar_type() == acc,

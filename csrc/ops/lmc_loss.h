@@ -1,4 +1,4 @@
-// lmc_loss: argument checks shared by the CPU and CUDA kernels (schema in lmc_loss.cpp).
+// lmc_loss argument checks shared by the CPU and CUDA entries (schema in lmc_loss.cpp).
 #pragma once
 
 #include <ATen/ATen.h>

@@ -11,7 +11,7 @@ def check_boxes_arg_fake(op: str, boxes: torch.Tensor) -> None:
     )
     torch._check(
         boxes.dim() == 3 and boxes.shape[2] == 4,
-        lambda: f"{op}: boxes must have shape [B, N, 4] (top, left, height, width), got {tuple(boxes.shape)}",
+        lambda: f"{op}: boxes must have shape [B, N, 4] (top, left, height, width), got {list(boxes.shape)}",
     )
 
 
@@ -20,7 +20,7 @@ def check_boxes_match_fake(op: str, boxes: torch.Tensor, batch, device, source: 
     torch._check(
         boxes.shape[0] == batch,
         lambda: f"{op}: boxes must have the batch size B = {batch} of {source}, got boxes of shape "
-        f"{tuple(boxes.shape)}",
+        f"{list(boxes.shape)}",
     )
     torch._check(
         boxes.device == device, lambda: f"{op}: boxes must be on the device of {source} ({device}), got {boxes.device}"

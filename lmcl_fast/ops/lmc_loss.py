@@ -1,5 +1,7 @@
-"""lmc_loss: the public wrapper (with the group all-gather), its fake kernels (mirroring csrc/ops/lmc_loss.cpp)
-and autograd."""
+"""lmc_loss: the public wrapper (with the group all-gather), its fake kernels and its autograd.
+
+The fakes mirror check_lmc_loss_args (csrc/ops/lmc_loss.cpp).
+"""
 from __future__ import annotations
 
 import math
@@ -27,7 +29,8 @@ def _lmc_check_meta(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_
         teacher_keys.dim() == 3, lambda: f"lmc_loss: teacher must have shape [B, N, D], got {tuple(teacher_keys.shape)}"
     )
     torch._check_type(
-        z.dtype in ok, lambda: f"lmc_loss: z must be float32, float16 or bfloat16 (float64 for gradcheck), got {z.dtype}"
+        z.dtype in ok,
+        lambda: f"lmc_loss: z must be float32, float16 or bfloat16 (float64 for gradcheck), got {z.dtype}",
     )
     torch._check_type(
         z_keys.dtype == z.dtype, lambda: f"lmc_loss: z_keys must have the dtype of z ({z.dtype}), got {z_keys.dtype}"
@@ -37,16 +40,24 @@ def _lmc_check_meta(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_
         lambda: f"lmc_loss: teacher must have the dtype of z ({z.dtype}), got {teacher_keys.dtype}",
     )
     B, N, D = z.shape
-    torch._check_value(B >= 2, lambda: f"lmc_loss: z needs B >= 2 images, got B = {B}")
+    torch._check_value(
+        B >= 2, lambda: f"lmc_loss: z needs B >= 2 images (the other images are the negatives), got B = {B}"
+    )
     torch._check_value(N >= 2, lambda: f"lmc_loss: z needs N >= 2 crops per image, got N = {N}")
     torch._check(
         z_keys.shape[0] >= B and z_keys.shape[1] == N and z_keys.shape[2] == D,
-        lambda: f"lmc_loss: z_keys must have shape [K >= B, N, D] with z's N and D, got {tuple(z_keys.shape)}",
+        lambda: f"lmc_loss: z_keys must have shape [K >= B, N, D] with z's N and D {tuple(z.shape)}, "
+        f"got {tuple(z_keys.shape)}",
     )
     torch._check(
         teacher_keys.shape == z_keys.shape,
         lambda: f"lmc_loss: teacher must have the shape {tuple(z_keys.shape)} of the student keys (z, or z gathered "
         f"over the group), got {tuple(teacher_keys.shape)}",
+    )
+    torch._check(
+        z_keys.device == z.device and teacher_keys.device == z.device and anchor_idx.device == z.device,
+        lambda: f"lmc_loss: z, z_keys, teacher and anchor_idx must be on one device, got z on {z.device}, "
+        f"z_keys on {z_keys.device}, teacher on {teacher_keys.device}, anchor_idx on {anchor_idx.device}",
     )
     torch._check_type(
         anchor_idx.dtype == torch.int64, lambda: f"lmc_loss: anchor_idx must be int64, got {anchor_idx.dtype}"
@@ -57,7 +68,8 @@ def _lmc_check_meta(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_
     )
     torch._check_value(
         0 <= key_offset and key_offset + B <= z_keys.shape[0],
-        lambda: f"lmc_loss: key_offset must place z's images inside z_keys, got key_offset = {key_offset}",
+        lambda: f"lmc_loss: key_offset must place z's {B} images inside z_keys' {z_keys.shape[0]}, "
+        f"got key_offset = {key_offset}",
     )
     torch._check_value(math.isfinite(tau) and tau > 0, lambda: f"lmc_loss: tau must be positive and finite, got {tau}")
     torch._check_value(

@@ -84,7 +84,8 @@ def _multi_crop_fake(images, boxes, size, mean, std, flip, out_dtype):
         f"with shape {tuple(images.shape)}"))
     channels = images.shape[3] if images.dtype == torch.uint8 else images.shape[1]
     torch._check(channels in (1, 3),
-                 lambda: f"{op}: images must have C = 1 or 3 channels, got shape {tuple(images.shape)}")
+                 lambda: f"{op}: images must have C = 1 or 3 channels (dim {3 if images.dtype == torch.uint8 else 1} "
+                         f"for {images.dtype}), got shape {tuple(images.shape)}")
     _check_boxes_and_flip_fake(op, boxes, flip, images.shape[0], images.device, "images")
     torch._check(len(size) == 2, lambda: f"{op}: size must be (S_h, S_w), got {size}")
     torch._check_value(size[0] >= 1 and size[1] >= 1, lambda: f"{op}: size must be positive, got {size}")

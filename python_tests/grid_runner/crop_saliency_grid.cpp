@@ -1,4 +1,5 @@
-// Grid-runner ops for crop_saliency and select_anchor: the CUDA entries' host code (csrc/host/<op>.h:
+// Grid-runner ops (torch.ops.lmcl_grid) for crop_saliency and select_anchor, run with HostGridLauncher.
+// The CUDA entries' host code (csrc/host/<op>.h:
 // table, Params, ATen steps, flag checks) with HostGridLauncher in place of CudaGridLauncher. `threads`
 // and `max_blocks` let the tests force the grid-stride loops to wrap around. The argument checks live in
 // the library (not linked here); the tests pass valid metadata.

@@ -1,7 +1,7 @@
-// HostGridLauncher: the launcher interface of csrc/host/launch.h on the CPU, the stand-in for
-// CudaGridLauncher (csrc/cuda/launch.cuh). It runs a kernel Body for every (block, thread) of the launch,
-// in the order a serial GPU would, so tests check that the grid covers every output exactly once and
-// that the bounds guards hold.
+// HostGridLauncher: the launcher interface of csrc/host/launch.h run on the CPU, for the tests.
+// The stand-in for CudaGridLauncher (csrc/cuda/launch.cuh). It runs a kernel Body for every (block, thread)
+// of the launch, in the order a serial GPU would, so tests check that the grid covers every output exactly
+// once and that the bounds guards hold.
 #pragma once
 
 #include <array>

@@ -1,4 +1,5 @@
-// Grid-runner ops for lmc_loss: the CUDA entry's tile loop and passes (csrc/host/lmc_loss.h,
+// Grid-runner ops (torch.ops.lmcl_grid) for lmc_loss, run with HostGridLauncher.
+// The CUDA entry's tile loop and passes (csrc/host/lmc_loss.h,
 // GridPasses) with HostGridLauncher in place of CudaGridLauncher. The test ops take the key tile width
 // and the grid size so the tests can force several key tiles and grid-stride wrap-around; every launch also
 // checks that the tile GEMMs around it run without TF32.
