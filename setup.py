@@ -71,7 +71,9 @@ def make_extension():
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS) if with_cuda else ""
     if with_cuda:
         os.environ["TORCH_CUDA_ARCH_LIST"] = archs
-    cxx = opt + ["-std=c++17", "-fopenmp", f'-DLMCL_CUDA_ARCHS="{archs}"']
+    # -ffp-contract=off: the AVX2 clones (csrc/cpu/simd.h) round like the baseline build and the grid runner,
+    # instead of fusing a * b + c into an FMA where the compiler sees fit.
+    cxx = opt + ["-std=c++17", "-fopenmp", "-ffp-contract=off", f'-DLMCL_CUDA_ARCHS="{archs}"']
     sources = ["csrc/init.cpp"] + _sources("csrc/ops/*.cpp") + _sources("csrc/cpu/*.cpp")
     kwargs = dict(
         name="lmcl_fast._C",

@@ -8,7 +8,7 @@ import sys
 from .core import checkpoint as ckpt_io
 from .core.config import TrainConfig, check_compatible
 from .core.dist import DistContext
-from .core.predictor import Predictor
+from .core.metric import QualityMetric
 from .data import IQADataset, random_splits
 from .eval.runner import evaluate, summarize_results, write_result
 from .train.trainer import Trainer
@@ -45,18 +45,21 @@ def train_splits(cfg: TrainConfig, resume: bool = False, max_epochs: int | None 
         if budget is not None:
             budget -= ran
         if not trainer.finished:
+            trainer.tb.close()
             if dist.is_main:
                 _log(f"train: stopped after epoch {trainer.epoch} of split {i} (checkpoint {ckpt}); "
                      f"resume with --resume")
             return None
         # Every rank evaluates (identical weights, identical result); rank 0 writes.
-        predictor = Predictor(cfg, trainer.branches(), trainer.mos_mean, trainer.mos_std, trainer.device)
-        result = evaluate(predictor, dataset, test_idx)
+        metric = QualityMetric(cfg, trainer.branches(), trainer.mos_mean, trainer.mos_std, trainer.device)
+        result = evaluate(metric, dataset, test_idx)
         result["skipped"] = sorted(set(result["skipped"]) | set(trainer.skipped))
         if dist.is_main:
             write_result(run_dir, result, f"split {i}")
             m = result["metrics"]
+            trainer.tb.log_test(m, trainer.step)
             _log(f"split {i}: SRCC {m['srcc']:.4f}  PLCC {m['plcc']:.4f}  ({m['n']} test images)")
+        trainer.tb.close()
         results.append(result)
     summary = summarize_results(cfg.out_dir, results, os.path.basename(os.path.normpath(cfg.out_dir)),
                                 write=dist.is_main)

@@ -81,6 +81,10 @@ class TrainConfig:
     device: str = _f("auto", "cpu, cuda, cuda:N or auto (cuda when available)")
     log_every: int = _f(10, "steps between reads of the on-device loss sums (log, non-finite check)")
     save_every: int = _f(0, "steps between mid-epoch checkpoints (0: a checkpoint after every epoch only)")
+    tensorboard: bool = _f(True, "write TensorBoard event files to split_XX/tensorboard (rank 0) when the "
+                           "tensorboard package is installed")
+    log_images: bool = _f(False, "record the images of every batch in split_XX/images_rankN.jsonl, N the rank "
+                          "(audit of the data order)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
