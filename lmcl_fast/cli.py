@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -37,9 +38,14 @@ def _train_config(args):
     return config_from_args(args, base)
 
 
+# A full disk, a full quota or a read-only folder: reported in one line, never a traceback.
+_OUT_OF_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
 def _cmd_train(args) -> int:
     from .core.dist import init_distributed, shutdown
     from .experiment import train_splits
+    from .train import CheckpointWriteError
 
     cfg = _train_config(args)
     if not cfg.root or not cfg.csv:
@@ -49,6 +55,17 @@ def _cmd_train(args) -> int:
     try:
         summary = train_splits(cfg, resume=args.resume, max_epochs=args.stop_after, dist=dist,
                                progress=not args.no_progress)
+    except CheckpointWriteError as e:
+        print(f"lmcl {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if e.errno not in _OUT_OF_SPACE_ERRNOS:
+            raise
+        # Logs, config.json, metrics: a full disk or read-only folder outside the checkpoint write.
+        print(f"lmcl train: cannot write {e.filename or cfg.out_dir}: {e.strerror}; training stopped and the "
+              f"last complete checkpoint under {cfg.out_dir} (if any) is kept: continue with --resume",
+              file=sys.stderr)
+        return 1
     finally:
         shutdown()
     if summary is not None and dist.is_main:

@@ -1,6 +1,6 @@
-// L2 normalisation of one embedding row (x / max(||x||, eps)) and its backward, host/device, written as a
-// lane's share of the row (elements lane, lane + lanes, ...: kernels/row_groups.h) so that a warp can split a
-// row on the GPU; with one lane (lane 0 of 1) they are the plain sequential loops.
+// L2 normalisation of one embedding row (x / max(||x||, eps)) and its backward, as a lane's share of a row.
+// Each function takes the lane's elements lane, lane + lanes, ... (kernels/row_groups.h), so that a warp can
+// split a row on the GPU; with one lane (lane 0 of 1) they are the plain sequential loops.
 #pragma once
 
 #include <cstdint>
@@ -9,6 +9,44 @@
 
 namespace lmcl {
 namespace lmc {
+
+// ||x|| of one strided row. A row whose squares overflow (entries above ~1.8e19 in float32) is summed again scaled
+// by its largest |x_d|, so it does not normalise to zeros; other rows take the plain sum only. NaN and Inf
+// entries still give a NaN or Inf norm, as the plain formula does.
+template <typename scalar_t, typename acc_t>
+LMCL_HD inline acc_t row_norm(const scalar_t* x, int64_t stride, int64_t D) {
+  acc_t sq = acc_t(0);
+  for (int64_t d = 0; d < D; ++d) {
+    const acc_t v = static_cast<acc_t>(x[d * stride]);
+    sq += v * v;
+  }
+  if (sq - sq == acc_t(0)) {  // finite: the common case
+    return sqrt_acc(sq);
+  }
+  acc_t big = acc_t(0);
+  for (int64_t d = 0; d < D; ++d) {
+    const acc_t v = static_cast<acc_t>(x[d * stride]);
+    const acc_t a = v < acc_t(0) ? -v : v;
+    big = a > big ? a : big;
+  }
+  if (!(big - big == acc_t(0)) || !(big > acc_t(0))) {  // an Inf entry (or all NaN): the plain result
+    return sqrt_acc(sq);
+  }
+  const acc_t inv_big = acc_t(1) / big;
+  acc_t scaled = acc_t(0);
+  for (int64_t d = 0; d < D; ++d) {
+    const acc_t v = static_cast<acc_t>(x[d * stride]) * inv_big;
+    scaled += v * v;
+  }
+  return big * sqrt_acc(scaled);
+}
+
+
+// ||x|| from the row's sum of squares (all lanes'); a sum that overflowed is redone scaled by row_norm.
+template <typename scalar_t, typename acc_t>
+LMCL_HD inline acc_t norm_from_squares(const scalar_t* x, int64_t stride, int64_t D, acc_t sq) {
+  return sq - sq == acc_t(0) ? sqrt_acc(sq) : row_norm<scalar_t, acc_t>(x, stride, D);
+}
 
 // This lane's part of ||x||^2 for a strided row of D values.
 template <typename scalar_t, typename acc_t>
@@ -25,7 +63,7 @@ LMCL_HD inline acc_t normalize_partial(const scalar_t* x, int64_t stride, int64_
 template <typename scalar_t, typename acc_t>
 LMCL_HD inline void normalize_finish(const scalar_t* x, int64_t stride, int64_t D, acc_t eps, acc_t sq, int lane,
                                      int lanes, acc_t* out) {
-  const acc_t norm = sqrt_acc(sq);
+  const acc_t norm = norm_from_squares(x, stride, D, sq);
   const acc_t inv = acc_t(1) / (norm > eps ? norm : eps);
   for (int64_t d = lane; d < D; d += lanes) {
     out[d] = static_cast<acc_t>(x[d * stride]) * inv;
@@ -52,13 +90,13 @@ LMCL_HD inline NormalizeBackwardSums<acc_t> normalize_backward_partial(const sca
   return s;
 }
 
-// This lane's elements of dx = (g - x_hat (x_hat . g)) / ||x|| = (g - x (x . g) / ||x||^2) / ||x|| when
-// ||x|| > eps, else g / eps; times the upstream gradient.
+// This lane's elements of dx = (g - x_hat (x_hat . g)) / ||x|| when ||x|| > eps, else g / eps; times the
+// upstream gradient. x_hat . g = (x . g) / ||x||, or, for a row whose squares overflowed, summed again from x_hat.
 template <typename scalar_t, typename acc_t>
 LMCL_HD inline void normalize_backward_finish(const scalar_t* x, int64_t stride, int64_t D, acc_t eps, const acc_t* g,
                                               const acc_t* g2, acc_t grad_out, NormalizeBackwardSums<acc_t> s,
                                               int lane, int lanes, scalar_t* out) {
-  const acc_t norm = sqrt_acc(s.sq);
+  const acc_t norm = norm_from_squares(x, stride, D, s.sq);
   if (!(norm > eps)) {
     for (int64_t d = lane; d < D; d += lanes) {
       out[d] = static_cast<scalar_t>(grad_out * (g[d] + (g2 ? g2[d] : acc_t(0))) / eps);
@@ -66,10 +104,16 @@ LMCL_HD inline void normalize_backward_finish(const scalar_t* x, int64_t stride,
     return;
   }
   const acc_t inv = acc_t(1) / norm;
-  const acc_t proj = s.dot * inv * inv;  // x_hat . g / ||x||
+  acc_t dot_hat = s.dot * inv;
+  if (!(s.sq - s.sq == acc_t(0))) {
+    dot_hat = acc_t(0);
+    for (int64_t d = 0; d < D; ++d) {
+      dot_hat += static_cast<acc_t>(x[d * stride]) * inv * (g[d] + (g2 ? g2[d] : acc_t(0)));
+    }
+  }
   for (int64_t d = lane; d < D; d += lanes) {
     const acc_t gd = g[d] + (g2 ? g2[d] : acc_t(0));
-    out[d] = static_cast<scalar_t>(grad_out * (gd - static_cast<acc_t>(x[d * stride]) * proj) * inv);
+    out[d] = static_cast<scalar_t>(grad_out * (gd - static_cast<acc_t>(x[d * stride]) * inv * dot_hat) * inv);
   }
 }
 

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from .collate import collate_padded, pad_images
+from .dataset import check_image_bytes
 
 log = logging.getLogger("lmcl_fast.data")
 
@@ -222,6 +223,11 @@ class DaliLoader(_Loader):
                 continue
             if not _known_format(raw):
                 self._skip(skipped, i, "not a known image format")
+                continue
+            try:
+                check_image_bytes(raw)  # bad PNG CRCs and decompression bombs, before DALI allocates anything
+            except ValueError as e:
+                self._skip(skipped, i, str(e))
                 continue
             kept.append(i)
             data.append(raw)

@@ -151,6 +151,9 @@ def lmc_loss(z, anchor_idx, teacher=None, tau=0.1, intra_weight=0.5, manifold_we
         return torch.ops.lmcl.lmc_loss.default(z, anchor_idx, z, teacher_in, 0, *args)[0]
     import torch.distributed as dist
 
+    if not torch.compiler.is_compiling() and not isinstance(group, dist.ProcessGroup):
+        raise TypeError(f"lmc_loss: group must be a torch.distributed ProcessGroup (e.g. dist.group.WORLD after "
+                        f"init_process_group) or None, got {type(group).__name__} {group!r}")
     # Differentiable all-gathers (their backward sums every rank's key gradients onto the owners' rows).
     z_keys = all_gather_rows(z, group)
     teacher_keys = z_keys if teacher is None else all_gather_rows(teacher_in, group)

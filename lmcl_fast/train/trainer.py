@@ -41,6 +41,11 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (full disk, read-only or vanished folder): training stops; the previous
+    checkpoint is untouched."""
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -231,7 +236,17 @@ class Trainer:
         self.skipped = merged
         rng = gather_objects(ckpt_io.rng_state(), self.dist)
         if self.dist.is_main:
-            ckpt_io.save_atomic(self.state(rng), self.ckpt_path)
+            try:
+                ckpt_io.save_atomic(self.state(rng), self.ckpt_path)
+            except OSError as e:
+                if self._last_good is None:
+                    kept = "no checkpoint was written yet"
+                else:
+                    kept = (f"the previous checkpoint {self.ckpt_path} ({self._last_good}) is kept: free space or "
+                            f"fix the folder, then continue with --resume")
+                raise CheckpointWriteError(
+                    f"train: cannot write checkpoint {self.ckpt_path} at step {self.step}: {e.strerror or e}; "
+                    f"training stopped and {kept}") from e
         self._last_good = self._position()
 
     def _load(self, ck: dict, path: str, plan) -> None:
