@@ -113,6 +113,22 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(compiled(images).double(), reference_spectral_residual(images), **TOL)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_autocast_keeps_float32_math_and_output(device, dtype):
+    """Under autocast (the trainer's bf16 step, or a user's) the map is still float32 math with a float32
+    result, which crop_saliency accepts: the same numbers as outside autocast."""
+    images = torch.randint(0, 256, (2, 80, 100, 3), dtype=torch.uint8, device=device)
+    expected = ops.spectral_residual(images)
+    boxes = torch.tensor([[[0, 0, 40, 40], [10, 20, 64, 80]]] * 2, device=device)
+    with torch.autocast(device, dtype=dtype):
+        sal = ops.spectral_residual(images)
+        scores = ops.crop_saliency(sal, boxes)
+    assert sal.dtype == torch.float32 and scores.dtype == torch.float32
+    torch.testing.assert_close(sal, expected, rtol=0, atol=0)
+    torch.testing.assert_close(scores, ops.crop_saliency(expected, boxes), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(
     "images, kwargs, exc, match",
     [

@@ -34,8 +34,6 @@ LMCL_AVX2_CLONE void items_avx2(const typename Body::Params& p, int64_t begin, i
 #endif
 
 struct CpuPasses {
-  // Row-major similarity tiles: each chunk's row loops run over contiguous memory and vectorise.
-  static constexpr bool kColumnMajorTiles = false;
   using Guard = NoDeviceGuard;
 
   // A pass of fewer operations than this runs on the calling thread: at M = 512 a step has ~a dozen

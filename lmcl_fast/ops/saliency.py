@@ -1,6 +1,7 @@
 """spectral_residual: the default saliency map (plain torch, torch.fft; not a registered op)."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -63,6 +64,13 @@ def spectral_residual(images: torch.Tensor, long_side: int = 64, sigma: float = 
     if long_side < 1 or not (math.isfinite(sigma) and sigma > 0):
         raise ValueError(f"spectral_residual: long_side must be >= 1 and sigma > 0 (finite), got {long_side}, "
                          f"{sigma}")
+    # float32 math and a float32 map inside autocast too (a caller's bf16 region would otherwise run the blur
+    # in bf16 and return bf16, which crop_saliency rejects).
+    with torch.autocast(x.device.type, enabled=False) if x.device.type in ("cpu", "cuda") else contextlib.nullcontext():
+        return _spectral_residual_float32(x, long_side, sigma)
+
+
+def _spectral_residual_float32(x: torch.Tensor, long_side: int, sigma: float) -> torch.Tensor:
     F = torch.nn.functional
     B, C, H, W = x.shape
     if B * H * W == 0:  # nothing to transform (the FFT backends reject empty inputs)

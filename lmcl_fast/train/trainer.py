@@ -21,6 +21,7 @@ from ..core.dist import (
     mean_over_ranks_,
     min_over_ranks,
     resolve_device,
+    wrap_ddp,
 )
 from ..core.pipeline import CropPipeline
 from ..core.progress import progress_bar
@@ -180,12 +181,9 @@ class Trainer:
         # DDP broadcasts rank 0's weights at construction, so every rank starts from the same state.
         self.nets = dict(self.models)
         if self.dist.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
             for k in trainable_names(self.models):
-                self.nets[k] = DistributedDataParallel(
-                    self.models[k], device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                    process_group=self.dist.group, forward_sync_buffers=self.batch_norm == "local")
+                self.nets[k] = wrap_ddp(self.models[k], self.dist, self.device,
+                                        forward_sync_buffers=self.batch_norm == "local")
             if ck is None:
                 seed_everything(cfg.seed + self.dist.rank)  # own random streams per rank from here on
         if self.dist.is_main:
