@@ -5,7 +5,7 @@ import torch
 
 from lmcl_fast.core import accel
 from lmcl_fast.core import checkpoint as ckpt_io
-from lmcl_fast.core.predictor import Predictor
+from lmcl_fast.core.metric import load_metric
 from lmcl_fast.data import IQADataset, random_splits
 from lmcl_fast.train import TrainConfig, Trainer
 from lmcl_fast.train.trainer import crop_seed
@@ -31,7 +31,7 @@ def _trainer(cfg, run_dir):
 
 def _steps(trainer, n, start=0):
     """Training steps start..n-1 on the batches of epoch 0; returns the logged totals so far."""
-    trainer.loader.set_epoch(0, start_batch=start)
+    trainer.loader.set_epoch(0, start=start * trainer.global_batch)
     for i, batch in enumerate(trainer.loader, start):
         if i == n:
             break
@@ -73,14 +73,14 @@ def test_compiled_step_matches_eager_and_checkpoints_interchange(synthetic, tmp_
     _assert_same_grads(eager, compiled, tol)
     torch.testing.assert_close(_steps(compiled, 2, 1), _steps(eager, 2, 1), **TOLERANCES[("compiled run", torch.float32)])
 
-    # The checkpoint of the compiled run holds the plain modules' keys and loads into an eager predictor and
-    # into a compiled one (one static batch shape: the short batch is padded), which score alike.
+    # The checkpoint of the compiled run holds the plain modules' keys and loads into an eager metric and into
+    # a compiled one (one static shape: on the CPU one image's crops per call), which score alike.
     compiled.save()
     ck = ckpt_io.load(compiled.ckpt_path)
     assert not [k for m in ck["models"].values() for k in m if "_orig_mod" in k]
-    plain, _ = Predictor.from_checkpoint(compiled.ckpt_path, "cpu", compile="off")
-    fast, _ = Predictor.from_checkpoint(compiled.ckpt_path, "cpu", compile="default")
-    assert plain.compile_mode is None and fast.compile_mode == "default" and fast.static_crops == 8 * 4
+    plain = load_metric(compiled.ckpt_path, "cpu", compile="off")
+    fast = load_metric(compiled.ckpt_path, "cpu", compile="default")
+    assert plain.compile_mode is None and fast.compile_mode == "default" and fast.static_crops == 4
     eager.loader.set_epoch(0)
     batch = next(iter(eager.loader))
     short = {k: batch[k][:5] for k in ("images", "heights", "widths")}
@@ -118,8 +118,9 @@ def test_cuda_graph_step_matches_eager(synthetic, tmp_path, mutual):
         _steps(graphs, step + 1, step), _steps(eager, step + 1, step)
         _assert_same_grads(eager, graphs, tol)
     graphs.save()
-    fast, _ = Predictor.from_checkpoint(graphs.ckpt_path, "cuda", compile="reduce-overhead")
-    plain, _ = Predictor.from_checkpoint(graphs.ckpt_path, "cuda", compile="off")
+    fast = load_metric(graphs.ckpt_path, "cuda", compile="reduce-overhead")
+    plain = load_metric(graphs.ckpt_path, "cuda", compile="off")
+    assert fast.static_crops == 8 * 4  # on CUDA a batch of images per call, the short batch padded
     eager.loader.set_epoch(0)
     for batch in list(eager.loader)[:3]:  # recorded, then replayed
         short = {k: batch[k][:5] for k in ("images", "heights", "widths")}
