@@ -60,7 +60,7 @@ def spectral_residual(images: torch.Tensor, long_side: int = 64, sigma: float = 
         )
     if x.shape[1] not in (1, 3):
         raise RuntimeError(f"spectral_residual: images must have C = 1 or 3 channels, got shape {list(images.shape)}")
-    if long_side < 1 or not (math.isfinite(sigma) and sigma > 0):
+    if long_side < 1 or not 0 < sigma < math.inf:  # NaN fails too; comparisons trace under torch.compile
         raise ValueError(f"spectral_residual: long_side must be >= 1 and sigma > 0 (finite), got {long_side}, "
                          f"{sigma}")
     # float32 math and a float32 map inside autocast too (a caller's bf16 region would otherwise run the blur
