@@ -24,6 +24,7 @@ from ..core.dist import (
 )
 from ..core.pipeline import CropPipeline
 from ..data import make_loader
+from ..data.loader import to_device
 from ..models import IQANet, build_model, load_backbone_weights
 from .mutual import ema_update
 from .objective import LossTerms, compute_losses
@@ -256,9 +257,10 @@ class Trainer:
     def train_step(self, batch: dict, seeds: list) -> None:
         """One optimizer step on `batch`; `seeds[b]` seeds image b's crops (see crop_seed)."""
         cfg = self.cfg
+        # Enqueues work only on CUDA: the batch's sizes live on the host, the ops check values on the device.
         images = batch["images"].to(self.device, non_blocking=True)
         crops, prior = self.pipeline.train_crops(images, batch["heights"], batch["widths"], seeds)
-        target = (batch["mos"].to(self.device, non_blocking=True) - self.mos_mean) / self.mos_std
+        target = (to_device(batch["mos"], self.device) - self.mos_mean) / self.mos_std
         flat = crops.flatten(0, 1)
         with autocast(self.device, self.amp):
             out_a = self.nets["a"](flat)
@@ -343,6 +345,7 @@ class Trainer:
                 batch = common_batch(batch, self.dist)
                 if batch is None:
                     continue  # lmc_loss needs B >= 2 (only after skipped images)
+                # The index is on the host (make_loader keeps the per-image values there): no GPU wait.
                 self.train_step(batch, [crop_seed(cfg.seed, self.epoch, i) for i in batch["index"].tolist()])
                 if self.step % cfg.log_every == 0:
                     entry = self._read_logs()
