@@ -53,7 +53,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from .eval.runner import evaluate_checkpoint, split_checkpoints, summarize_results, write_result
+    from .eval.runner import evaluate_checkpoint, json_safe, split_checkpoints, summarize_results, write_result
 
     paths = split_checkpoints(args.path) if os.path.isdir(args.path) else [args.path]
     if not paths:
@@ -67,7 +67,7 @@ def _cmd_eval(args) -> int:
     out = args.out or (args.path if os.path.isdir(args.path) else os.path.join(os.path.dirname(args.path), "eval"))
     if len(results) == 1 and not os.path.isdir(args.path):
         write_result(out, results[0], os.path.basename(args.path))
-        print(json.dumps(results[0]["metrics"], indent=2))
+        print(json.dumps(json_safe(results[0]["metrics"]), indent=2))
     else:
         print(summarize_results(out, results, os.path.basename(os.path.normpath(args.path)))["table"])
     print(f"results: {os.path.join(out, 'metrics.json')}")
@@ -75,17 +75,45 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from .core.predictor import Predictor
+    from .core.metric import load_metric
 
-    predictor, _ = Predictor.from_checkpoint(args.checkpoint, args.device)
+    metric = load_metric(args.checkpoint, args.device)
     failed = 0
-    for path, score, err in predictor.predict_files(args.images):
+    for path, score, err in metric.file_scores(args.images):
         if err is None:
             print(f"{score:.4f}\t{path}")
         else:
             failed += 1
             print(f"lmcl predict: cannot read {path}: {err}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _cmd_score(args) -> int:
+    from .score import main_score
+
+    return main_score(args)
+
+
+def _cmd_prepare(args) -> int:
+    from .data.recipes import prepare
+
+    out = args.out or f"{args.name.lower()}{f'_{args.split}' if args.split else ''}.csv"
+    rec = prepare(args.name, args.root, out, args.split)
+    counts = "".join(f", {k} {v}" for k, v in rec.get("split_counts", {}).items())
+    print(f"lmcl prepare: {rec['rows']} images{counts} -> {out} (read {', '.join(rec['read'])}; record in "
+          f"{out}.json)", file=sys.stderr)
+    flag = " --lower-is-better" if rec["lower_is_better"] else ""
+    print(f"train with: lmcl train --root {args.root} --csv {out}{flag}", file=sys.stderr)
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from .core.metric import export_metric
+
+    export_metric(args.checkpoint, args.out)
+    print(f"lmcl export: {args.out} ({os.path.getsize(args.out) / 1e6:.1f} MB; read it with "
+          f"lmcl_fast.load_metric or lmcl score --checkpoint)", file=sys.stderr)
+    return 0
 
 
 def _cmd_bench(args) -> int:
@@ -148,6 +176,42 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True, help="a split_XX/last.pt checkpoint")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=_cmd_predict)
+
+    s = sub.add_parser("score", help="score many image files into a CSV (batched, resumable, torchrun-aware)",
+                       description="Score image files, folders (searched recursively) and list files (.txt, .lst, "
+                                   ".list: one path per line, relative to the list's folder) into OUT (CSV "
+                                   "name,mos, or name,dmos for a lower-is-better model). Unreadable files go to "
+                                   "ERRORS (name,error) and never stop the run. Rerunning continues an interrupted "
+                                   "run. Under torchrun each rank scores its shard and rank 0 merges.")
+    s.add_argument("paths", nargs="+", help="image files, folders or list files")
+    s.add_argument("--checkpoint", required=True, help="a split_XX/last.pt checkpoint or an `lmcl export` file")
+    s.add_argument("--out", required=True, help="CSV of scores")
+    s.add_argument("--errors", default=None, help="CSV of unreadable files (default: OUT without .csv + .errors.csv)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="Pillow decoding processes, or DALI threads (default: min(4, CPUs))")
+    s.add_argument("--decoder", default="auto", choices=("auto", "pillow", "dali"),
+                   help="auto: DALI on CUDA when installed, else Pillow")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=_cmd_score)
+
+    s = sub.add_parser("prepare", help="turn a standard IQA dataset's official label files into this project's CSV",
+                       description="Read the official label files of NAME under ROOT (koniq10k, spaq, livec, "
+                                   "kadid10k, tid2013, live, csiq, flive) and write OUT (name,mos|dmos[,std][,ref]"
+                                   "[,split]; names relative to ROOT) and OUT.json (what was read, lower_is_better). "
+                                   "See the README's dataset table for the files and where to get each dataset.")
+    s.add_argument("name", help="dataset: koniq10k, spaq, livec, kadid10k, tid2013, live, csiq or flive")
+    s.add_argument("root", help="the dataset's folder as downloaded (FLIVE: its database/ folder)")
+    s.add_argument("--out", default=None, help="CSV to write (default: NAME.csv, or NAME_SPLIT.csv)")
+    s.add_argument("--split", choices=("train", "val", "test"), default=None,
+                   help="only this part of the official split (KonIQ-10k, FLIVE)")
+    s.set_defaults(func=_cmd_prepare)
+
+    s = sub.add_parser("export", help="write a small inference-only file of a checkpoint (for load_metric)")
+    s.add_argument("checkpoint", help="a split_XX/last.pt checkpoint")
+    s.add_argument("out", help="the file to write")
+    s.set_defaults(func=_cmd_export)
 
     s = sub.add_parser("bench", help="quick timing of the ops and of one training step (no data needed)")
     s.add_argument("--device", default="auto")

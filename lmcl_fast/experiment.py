@@ -8,7 +8,7 @@ import sys
 from .core import checkpoint as ckpt_io
 from .core.config import TrainConfig, check_compatible
 from .core.dist import DistContext
-from .core.predictor import Predictor
+from .core.metric import QualityMetric
 from .data import IQADataset, random_splits
 from .eval.runner import evaluate, summarize_results, write_result
 from .train.trainer import Trainer
@@ -50,8 +50,8 @@ def train_splits(cfg: TrainConfig, resume: bool = False, max_epochs: int | None 
                      f"resume with --resume")
             return None
         # Every rank evaluates (identical weights, identical result); rank 0 writes.
-        predictor = Predictor(cfg, trainer.branches(), trainer.mos_mean, trainer.mos_std, trainer.device)
-        result = evaluate(predictor, dataset, test_idx)
+        metric = QualityMetric(cfg, trainer.branches(), trainer.mos_mean, trainer.mos_std, trainer.device)
+        result = evaluate(metric, dataset, test_idx)
         result["skipped"] = sorted(set(result["skipped"]) | set(trainer.skipped))
         if dist.is_main:
             write_result(run_dir, result, f"split {i}")

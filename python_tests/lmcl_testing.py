@@ -70,3 +70,24 @@ def ulp(x: torch.Tensor) -> torch.Tensor:
     exponent = torch.floor(torch.log2(a.clamp_min(finfo.smallest_normal)))
     # finfo.eps is 2**-(mantissa bits): the spacing at 1.0 (torch.finfo has no `nmant`).
     return (torch.exp2(exponent) * finfo.eps).to(torch.float64)
+
+
+# A tiny model for the metric and scoring tests: untrained, scored on 2 x 2 grids of 16-pixel crops.
+TINY_METRIC = dict(arch="tiny", embed_dim=8, proj_hidden=16, head_hidden=8, crop_size=16, eval_grid=2, min_crop=8,
+                   device="cpu", amp="off")
+
+
+def tiny_checkpoint(path, mutual="peer", lower_is_better=False, pooling="saliency") -> str:
+    """A training checkpoint (current format) of untrained tiny branches, written without training."""
+    from lmcl_fast.core import checkpoint as ckpt_io
+    from lmcl_fast.core.config import TrainConfig
+    from lmcl_fast.models import build_model
+
+    cfg = TrainConfig(mutual=mutual, lower_is_better=lower_is_better, pooling=pooling, **TINY_METRIC)
+    torch.manual_seed(1)
+    models = {k: build_model(cfg.arch, cfg.embed_dim, cfg.proj_hidden, cfg.head_hidden).state_dict()
+              for k in (("a", "b") if mutual == "peer" else ("a", "teacher"))}
+    ckpt_io.save_atomic({"format": ckpt_io.FORMAT, "config": cfg.to_dict(), "models": models,
+                         "optimizer": {"state": {}, "param_groups": []}, "rng": [ckpt_io.rng_state()],
+                         "mos_stats": {"mean": 50.0, "std": 10.0}}, str(path))
+    return str(path)

@@ -167,3 +167,23 @@ def test_readme_config_table_matches_the_defaults():
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         expected["--" + f.name.replace("_", "-")] = str(default)
     assert rows == expected
+
+
+def test_metrics_json_is_strict(tmp_path):
+    """A failed fit (NaN) is written as null: jq and JavaScript reject a bare NaN."""
+    import math
+
+    import numpy as np
+
+    from lmcl_fast.eval.runner import write_result
+
+    metrics = {"srcc": 0.5, "plcc_logistic": math.nan, "rmse": math.inf, "n": 3}
+    write_result(str(tmp_path), {"metrics": metrics, "skipped": [], "names": ["a", "b", "c"],
+                                 "mos": np.array([1.0, 2.0, 3.0]), "pred": np.array([1.0, 3.0, 2.0])}, "t")
+
+    def refuse(constant):
+        raise ValueError(f"non-strict JSON constant {constant}")
+
+    with open(tmp_path / "metrics.json") as fh:
+        data = json.loads(fh.read(), parse_constant=refuse)
+    assert data["metrics"] == {"srcc": 0.5, "plcc_logistic": None, "rmse": None, "n": 3}

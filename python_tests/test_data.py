@@ -96,14 +96,27 @@ def test_lower_is_better_negates(tmp_path):
 def test_bad_csv(tmp_path):
     with pytest.raises(FileNotFoundError, match="csv_path"):
         IQADataset(tmp_path, tmp_path / "nope.csv")
-    with pytest.raises(ValueError, match="csv_path.*header"):
-        IQADataset(tmp_path, write_csv(tmp_path / "a.csv", ["file", "quality"], [("x.png", 1)]))
-    with pytest.raises(ValueError, match="csv_path.*line 3"):
-        IQADataset(tmp_path, write_csv(tmp_path / "b.csv", ["name", "mos"], [("x.png", 1), ("y.png", "high")]))
-    with pytest.raises(ValueError, match="csv_path.*finite"):
-        IQADataset(tmp_path, write_csv(tmp_path / "c.csv", ["name", "mos"], [("x.png", "nan")]))
-    with pytest.raises(ValueError, match="csv_path.*no rows"):
-        IQADataset(tmp_path, write_csv(tmp_path / "d.csv", ["name", "mos"], []))
+    cases = [  # (header, rows, message: names the file, the line and the column)
+        (["file", "quality"], [("x.png", 1)], r"a\.csv, line 1: the header needs a column named one of \['name'"),
+        (["name", "mos"], [("x.png", 1), ("y.png", "high")], r"a\.csv, line 3, column 'mos': not a number: 'high'"),
+        (["name", "mos"], [("x.png", "nan")], r"a\.csv, line 2, column 'mos': must be finite"),
+        (["name", "mos"], [("x.png", "inf")], r"a\.csv, line 2, column 'mos': must be finite"),
+        (["name", "mos", "std"], [("x.png", 1, "wide")], r"a\.csv, line 2, column 'std': not a number"),
+        (["name", "mos"], [("x.png", 1), ("z.png",)], r"a\.csv, line 3: column 'mos' is missing"),
+        (["name", "mos"], [("x.png", 1), ("y.png", 2), ("x.png", 3)],
+         r"a\.csv, line 4, column 'name': duplicate name 'x.png' \(first on line 2\)"),
+        (["name", "mos"], [("/etc/passwd", 1)], r"a\.csv, line 2, column 'name': image name '/etc/passwd' is an "
+                                                r"absolute path"),
+        (["name", "mos"], [("x.png", 1), ("../../secret.png", 1)], r"a\.csv, line 3, column 'name': image name "
+                                                                   r"'\.\./\.\./secret\.png' leaves the image root"),
+        (["name", "mos"], [("imgs/../../x.png", 1)], r"line 2, column 'name'.*leaves the image root"),
+        (["name", "mos"], [], r"a\.csv'? has a header but no rows"),
+    ]
+    for header, rows, message in cases:
+        with pytest.raises(ValueError, match=message):
+            IQADataset(tmp_path, write_csv(tmp_path / "a.csv", header, rows))
+    ok = write_csv(tmp_path / "a.csv", ["name", "mos"], [("imgs/../x.png", 1), ("./y.png", 2)])
+    assert IQADataset(tmp_path, ok).names == ["imgs/../x.png", "./y.png"]  # stays inside the root
 
 
 def test_corrupt_files_reported_and_skipped(corrupt_set, caplog):

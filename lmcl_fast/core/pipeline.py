@@ -1,8 +1,9 @@
 """From a decoded batch to the network input: crop boxes, fused crops (multi_crop) and the saliency prior
-(crop_saliency of the spectral-residual map). Shared by training, evaluation and prediction."""
+(crop_saliency of each image's spectral-residual map). Shared by training, evaluation and scoring."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .. import ops
 from ..data.loader import to_device
@@ -30,17 +31,36 @@ def grid_boxes(heights: torch.Tensor, widths: torch.Tensor, grid: int, scale: fl
     return torch.stack([top, left, s, s], dim=-1)
 
 
+def saliency_maps(images: torch.Tensor, heights, widths) -> torch.Tensor:
+    """Spectral-residual map of every image at its own valid size (the padding never enters an image's map),
+    zero-padded to the batch: float32 [B, H, W]. `images`: padded uint8 [B, H, W, 3] or float [B, 3, H, W];
+    heights/widths on the host. On the CPU one call per image, so a map (and a score) is bit-identical
+    whatever the batch; on CUDA images of equal size share one call (fewer launches)."""
+    channels_last = images.dtype == torch.uint8
+    H, W = (images.shape[1], images.shape[2]) if channels_last else (images.shape[2], images.shape[3])
+    groups: dict = {}
+    for b, (h, w) in enumerate(zip(heights.tolist(), widths.tolist())):
+        groups.setdefault((h, w) if images.device.type == "cuda" else (h, w, b), []).append(b)
+    maps = [None] * images.shape[0]
+    for key, rows in groups.items():
+        h, w = key[0], key[1]
+        valid = [images[b:b + 1, :h, :w] if channels_last else images[b:b + 1, :, :h, :w] for b in rows]
+        sal = ops.spectral_residual(valid[0] if len(valid) == 1 else torch.cat(valid))
+        for j, b in enumerate(rows):
+            maps[b] = F.pad(sal[j], (0, W - w, 0, H - h))
+    return torch.stack(maps)
+
+
 class CropPipeline:
     def __init__(self, cfg: TrainConfig, device: torch.device):
         self.cfg = cfg
         self.device = device
 
-    def _crops(self, images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor | None):
+    def _crops(self, images: torch.Tensor, heights, widths, boxes: torch.Tensor, flip: torch.Tensor | None):
         cfg = self.cfg
         boxes = to_device(boxes, self.device)
         crops = ops.multi_crop(images, boxes, cfg.crop_size, mean=cfg.mean, std=cfg.std, flip=flip)
-        # The map is computed on the padded batch; boxes lie inside each image's valid region.
-        prior = prior_logits(ops.crop_saliency(ops.spectral_residual(images), boxes))
+        prior = prior_logits(ops.crop_saliency(saliency_maps(images, heights, widths), boxes))
         return crops, prior
 
     def train_crops(self, images, heights, widths, seeds):
@@ -63,10 +83,11 @@ class CropPipeline:
             if cfg.hflip:
                 flips.append(torch.rand((1, cfg.n_crops), generator=g) < 0.5)
         flip = to_device(torch.cat(flips), self.device) if cfg.hflip else None
-        return self._crops(images, torch.cat(boxes), flip)
+        return self._crops(images, heights, widths, torch.cat(boxes), flip)
 
     def eval_crops(self, images, heights, widths):
         """The eval_grid^2 grid boxes of every image (heights, widths on the host, as in train_crops)."""
         cfg = self.cfg
         heights, widths = heights.cpu(), widths.cpu()
-        return self._crops(images, grid_boxes(heights, widths, cfg.eval_grid, cfg.eval_scale, cfg.min_crop), None)
+        boxes = grid_boxes(heights, widths, cfg.eval_grid, cfg.eval_scale, cfg.min_crop)
+        return self._crops(images, heights, widths, boxes, None)

@@ -1,6 +1,6 @@
 """From the network's per-crop outputs to an image score: the spectral-residual prior of each crop, the crop
 saliency scores (prior plus learned logit) and the pooling of the crops' quality. Shared by the training
-objective and the predictor."""
+objective and the quality metric."""
 from __future__ import annotations
 
 import torch

@@ -27,8 +27,9 @@ def collate_padded(items: list) -> dict:
     """Collate `IQADataset` items into one padded batch.
 
     Returns dict(images uint8 [B, Hmax, Wmax, 3] (zero-padded bottom/right), heights int64 [B], widths int64
-    [B], mos float32 [B], index int64 [B], names list[str], skipped list[str]). `SkippedItem`s (unreadable
-    files) are left out of the tensors and listed by name in `skipped`; when every item was skipped B = 0.
+    [B], mos float32 [B], index int64 [B], names list[str], skipped list[str], skip_reasons list[str]).
+    `SkippedItem`s (unreadable files) are left out of the tensors and listed by name in `skipped` (with the
+    reason at the same position of `skip_reasons`); when every item was skipped B = 0.
     """
     kept = [it for it in items if not isinstance(it, SkippedItem)]
     images, heights, widths = pad_images([it["image"] for it in kept])
@@ -40,4 +41,5 @@ def collate_padded(items: list) -> dict:
         index=torch.tensor([it["index"] for it in kept], dtype=torch.int64),
         names=[it["name"] for it in kept],
         skipped=[it.name for it in items if isinstance(it, SkippedItem)],
+        skip_reasons=[it.reason for it in items if isinstance(it, SkippedItem)],
     )

@@ -33,17 +33,30 @@ class SkippedItem:
         return False
 
 
-def _pick(header: list, candidates: tuple, csv_path: str, required: bool):
+def _pick(header: list, candidates: tuple, where: str, required: bool):
     lowered = [h.strip().lower() for h in header]
     for c in candidates:
         if c in lowered:
             return lowered.index(c)
     if required:
-        raise ValueError(
-            f"IQADataset: csv_path {csv_path!r} needs a header with one of the columns {list(candidates)}, "
-            f"got {header}"
-        )
+        raise ValueError(f"IQADataset: {where}: the header needs a column named one of {list(candidates)}, "
+                         f"got {header}")
     return None
+
+
+def check_relative(name: str, where: str) -> None:
+    """Refuse a dataset name that is absolute or leaves the image root (`..`): names come from label files
+    that may not be trusted, and must not reach files outside the dataset."""
+    parts = name.replace("\\", "/").split("/")
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or (len(parts[0]) == 2 and parts[0][1] == ":"):
+        raise ValueError(f"IQADataset: {where}: image name {name!r} is an absolute path; names are paths "
+                         f"relative to the image root")
+    depth = 0
+    for part in parts:
+        depth += -1 if part == ".." else 0 if part in ("", ".") else 1
+        if depth < 0:
+            raise ValueError(f"IQADataset: {where}: image name {name!r} leaves the image root (..); names are "
+                             f"paths inside the root")
 
 
 def decode_image(path: str) -> torch.Tensor:
@@ -87,35 +100,66 @@ class IQADataset(torch.utils.data.Dataset):
         if not os.path.isfile(csv_path):
             raise FileNotFoundError(f"IQADataset: csv_path {csv_path!r} does not exist")
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+            rows = [(line, r) for line, r in enumerate(csv.reader(f), start=1) if r and any(c.strip() for c in r)]
         if not rows:
             raise ValueError(f"IQADataset: csv_path {csv_path!r} is empty (a header row name,mos[,std] is required)")
-        header, body = rows[0], rows[1:]
-        i_name = _pick(header, _NAME_COLUMNS, csv_path, required=True)
-        i_mos = _pick(header, _MOS_COLUMNS, csv_path, required=True)
-        i_std = _pick(header, _STD_COLUMNS, csv_path, required=False)
-        i_ref = _pick(header, _REF_COLUMNS, csv_path, required=False)
-        names, mos, std, refs = [], [], [], []
-        for line, row in enumerate(body, start=2):
-            try:
-                name = row[i_name].strip()
-                value = float(row[i_mos])
-                s = float(row[i_std]) if i_std is not None else math.nan
-                ref = row[i_ref].strip() if i_ref is not None else name
-            except (IndexError, ValueError) as e:
-                raise ValueError(f"IQADataset: csv_path {csv_path!r} line {line} must be name,mos[,std] "
-                                 f"with numeric mos, got {row} ({e})") from None
-            if not name or not math.isfinite(value):
-                raise ValueError(f"IQADataset: csv_path {csv_path!r} line {line} needs a name and a finite mos, "
-                                 f"got {row}")
+        (header_line, header), body = rows[0], rows[1:]
+        where = f"{csv_path}, line {header_line}"
+        i_name = _pick(header, _NAME_COLUMNS, where, required=True)
+        i_mos = _pick(header, _MOS_COLUMNS, where, required=True)
+        i_std = _pick(header, _STD_COLUMNS, where, required=False)
+        i_ref = _pick(header, _REF_COLUMNS, where, required=False)
+        names, mos, std, refs, seen = [], [], [], [], {}
+        for line, row in body:
+            where = f"{csv_path}, line {line}"
+
+            def cell(i, required=True):
+                if i < len(row):
+                    return row[i].strip()
+                if not required:
+                    return ""
+                raise ValueError(f"IQADataset: {where}: column {header[i].strip()!r} is missing (the row has "
+                                 f"{len(row)} of the header's {len(header)} columns): {row}")
+
+            def number(i, required=True):
+                text = cell(i, required)
+                if not text and not required:
+                    return math.nan
+                try:
+                    value = float(text)
+                except ValueError:
+                    raise ValueError(f"IQADataset: {where}, column {header[i].strip()!r}: not a number: "
+                                     f"{text!r}") from None
+                if not math.isfinite(value):
+                    raise ValueError(f"IQADataset: {where}, column {header[i].strip()!r}: must be finite, got "
+                                     f"{text!r}")
+                return value
+
+            name = cell(i_name)
+            if not name:
+                raise ValueError(f"IQADataset: {where}, column {header[i_name].strip()!r}: empty image name")
+            check_relative(name, f"{where}, column {header[i_name].strip()!r}")
+            if name in seen:
+                raise ValueError(f"IQADataset: {where}, column {header[i_name].strip()!r}: duplicate name {name!r} "
+                                 f"(first on line {seen[name]})")
+            seen[name] = line
             names.append(name)
-            mos.append(value)
-            std.append(s)
-            refs.append(ref)
+            mos.append(number(i_mos))
+            std.append(number(i_std, required=False) if i_std is not None else math.nan)
+            refs.append((cell(i_ref, required=False) or name) if i_ref is not None else name)
         if not names:
             raise ValueError(f"IQADataset: csv_path {csv_path!r} has a header but no rows")
         return (names, np.asarray(mos, dtype=np.float64),
                 np.asarray(std, dtype=np.float64) if i_std is not None else None, refs)
+
+    @classmethod
+    def from_files(cls, paths) -> "IQADataset":
+        """A dataset of image files without labels (mos 0), for scoring: names are the paths as given (read
+        as they are, not under a root)."""
+        names = [str(p) for p in paths]
+        ds = cls.__new__(cls)
+        ds._init("", "", False, names, np.zeros(len(names)), None, list(names))
+        return ds
 
     def __len__(self) -> int:
         return len(self.names)

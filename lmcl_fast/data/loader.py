@@ -175,9 +175,10 @@ class DaliLoader(_Loader):
         return out, heights, widths
 
     def _skip(self, skipped: list, i: int, reason: str) -> None:
+        """skipped: (name, reason) pairs."""
         name = self.dataset.names[i]
         log.warning("skipping unreadable image %s: %s", name, reason)
-        skipped.append(name)
+        skipped.append((name, reason))
 
     def _batch(self, indices: list) -> dict:
         kept, data, skipped = [], [], []
@@ -208,7 +209,8 @@ class DaliLoader(_Loader):
             mos=torch.from_numpy(self.dataset.mos[rows].astype(np.float32)),
             index=torch.from_numpy(rows),
             names=[self.dataset.names[i] for i in kept],
-            skipped=skipped,
+            skipped=[name for name, _ in skipped],
+            skip_reasons=[reason for _, reason in skipped],
         ), self.device)
 
     def _decode_one_by_one(self, kept: list, data: list, skipped: list):
@@ -244,8 +246,9 @@ def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, num_worke
     `device` is CUDA, else Pillow). Rows are sharded by `rank`/`world_size` and shuffled per epoch exactly as
     DistributedSampler does (so every rank gets ceil(len / world_size) rows, the last few repeated when the
     length does not divide). A batch's images are on `device`; its heights, widths, mos and index stay on the
-    host (pinned on CUDA), where the box sampler and the trainer read them without waiting for the GPU. Unreadable files are listed by name in the
-    batch's `skipped` and left out of it (B may be 0).
+    host (pinned on CUDA), where the box sampler and the trainer read them without waiting for the GPU.
+    Unreadable files are listed by name in the batch's `skipped` (the reasons in `skip_reasons`) and left out
+    of it (B may be 0).
     """
     if decoder not in DECODERS:
         raise ValueError(f"make_loader: decoder must be one of {DECODERS}, got {decoder!r}")

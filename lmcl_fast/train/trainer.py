@@ -23,6 +23,7 @@ from ..core.dist import (
     resolve_device,
 )
 from ..core.pipeline import CropPipeline
+from ..core.progress import progress_bar
 from ..data import make_loader
 from ..data.loader import to_device
 from ..models import IQANet, build_model, load_backbone_weights
@@ -333,9 +334,9 @@ class Trainer:
         ran = 0
         while not self.finished and (max_epochs is None or ran < max_epochs):
             self.loader.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
-            bar = tqdm(self.loader, total=self.steps_per_epoch, initial=self.batch_in_epoch,
-                       disable=not self.progress, file=sys.stderr,
-                       desc=f"split {self.split_index} epoch {self.epoch + 1}/{cfg.epochs}", leave=False)
+            bar = progress_bar(self.loader, total=self.steps_per_epoch, initial=self.batch_in_epoch,
+                               enabled=self.progress, unit="step",
+                               desc=f"split {self.split_index} epoch {self.epoch + 1}/{cfg.epochs}")
             for batch in bar:
                 self.batch_in_epoch += 1
                 for name in batch["skipped"]:
