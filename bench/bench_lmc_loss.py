@@ -91,6 +91,14 @@ def test_lmc_loss_m512_cpu(benchmark, name):
     _bench(benchmark, name, 64, 8, 128, "cpu")
 
 
+@pytest.mark.parametrize("name", ["lmcl", "compiled"])
+@pytest.mark.benchmark(group="lmc_loss-M4096-D128-cpu")
+def test_lmc_loss_m4096_cpu(benchmark, name):
+    if name == "compiled" and benchmark.disabled:
+        pytest.skip("a second torch.compile of the reference (~30 s) is only worth it when timing")
+    _bench(benchmark, name, 512, 8, 128, "cpu")
+
+
 @pytest.mark.benchmark(group="lmc_loss-M16384-D128-cpu")
 def test_lmc_loss_m16384_cpu(benchmark):
     _bench(benchmark, "lmcl", 2048, 8, 128, "cpu")

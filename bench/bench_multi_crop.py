@@ -24,8 +24,8 @@ def _crop_eager(crop_u8, size, mean, std):
     return (x - mean) / std
 
 
-def _loop(crop_fn, images, box_rows, flips, size, mean, std):
-    x = images.permute(0, 3, 1, 2)  # [B, C, H, W] view of the NHWC uint8 batch
+def _loop(crop_fn, x, box_rows, flips, size, mean, std):
+    """crop_fn on every box of x [B, C, H, W] (a view of the NHWC uint8 batch, or float32 images)."""
     out = []
     for b, row in enumerate(box_rows):
         for n, (t, l, h, w) in enumerate(row):
@@ -47,13 +47,14 @@ def _contender(name, images, boxes, flips, size, out_dtype):
     mean = torch.tensor(MEAN, device=device).view(3, 1, 1)
     std = torch.tensor(STD, device=device).view(3, 1, 1)
     box_rows, flip_rows = boxes.tolist(), flips.tolist()  # host copies made outside the timed region
+    x = images.permute(0, 3, 1, 2)  # [B, C, H, W] view of the NHWC uint8 batch
     if name == "lmcl":
         return lambda: multi_crop(images, boxes, size, mean=MEAN, std=STD, flip=flips, out_dtype=out_dtype)
     if name == "eager":
-        return lambda: _loop(_crop_eager, images, box_rows, flip_rows, size, mean, std).to(out_dtype)
+        return lambda: _loop(_crop_eager, x, box_rows, flip_rows, size, mean, std).to(out_dtype)
     torch._dynamo.reset()
     compiled = torch.compile(_crop_eager, dynamic=True)
-    fn = lambda: _loop(compiled, images, box_rows, flip_rows, size, mean, std).to(out_dtype)  # noqa: E731
+    fn = lambda: _loop(compiled, x, box_rows, flip_rows, size, mean, std).to(out_dtype)  # noqa: E731
     fn()  # warm-up: compile outside the timed region
     return fn
 
@@ -91,3 +92,57 @@ def test_multi_crop_cpu(benchmark, contender, two_threads):
 def test_multi_crop_cuda(benchmark, contender):
     images, boxes, flips = _case(64, 512, 384, 8, 224, "cuda")
     _run(benchmark, contender, "cuda", images, boxes, flips, (224, 224), torch.bfloat16)
+
+
+@pytest.mark.benchmark(group="multi_crop-B32-384x512x3-uint8-N8-224-bf16-cpu")
+@pytest.mark.parametrize("contender", ["lmcl", "eager"])
+def test_multi_crop_cpu_bf16(benchmark, contender, two_threads):
+    if contender == "eager" and benchmark.disabled:
+        pytest.skip("the float32 case already runs the eager loop once; this one only adds a cast")
+    images, boxes, flips = _case(32, 384, 512, 8, 224, "cpu")
+    _run(benchmark, contender, "cpu", images, boxes, flips, (224, 224), torch.bfloat16)
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("contender", ["lmcl", "fill_"])
+def test_multi_crop_cpu_reused_output(benchmark, contender, out_dtype, two_threads):
+    """B=4 (19 MB float32 output): the allocator reuses the freed output block, so no page faults; the
+    kernel against writing the same bytes with fill_ (this machine's write floor for that buffer)."""
+    benchmark.group = f"multi_crop-B4-reused-output-{str(out_dtype)[6:]}-cpu"
+    images, boxes, flips = _case(4, 384, 512, 8, 224, "cpu", seed=1)
+    if contender == "lmcl":
+        out = benchmark(lambda: multi_crop(images, boxes, (224, 224), mean=MEAN, std=STD, flip=flips,
+                                           out_dtype=out_dtype))
+    else:
+        buf = torch.empty((4, 8, 3, 224, 224), dtype=out_dtype)
+        out = benchmark(lambda: buf.fill_(1.0))
+    nbytes = out.numel() * out.element_size()
+    extra = dict(bytes_written=nbytes, contender=contender)
+    if benchmark.stats is not None:
+        extra["GB/s written"] = round(nbytes / benchmark.stats.stats.min / 1e9, 2)
+    record(benchmark, "cpu", **extra)
+
+
+@pytest.mark.benchmark(group="multi_crop-backward-B8-384x512x3-float32-N8-224-cpu")
+@pytest.mark.parametrize("contender", ["lmcl", "eager"])
+def test_multi_crop_cpu_backward(benchmark, contender, two_threads):
+    """Gradient w.r.t. float32 images [B, 3, H, W] (autograd.grad only; the forward builds the graph
+    outside the timed region). B=8 keeps the eager contender's CI smoke run short."""
+    images, boxes, flips = _case(8, 384, 512, 8, 224, "cpu")
+    x = images.permute(0, 3, 1, 2).float().div(255).contiguous().requires_grad_(True)
+    grad = torch.randn(8, 8, 3, 224, 224)
+    mean = torch.tensor(MEAN).view(3, 1, 1)
+    std = torch.tensor(STD).view(3, 1, 1)
+    box_rows, flip_rows = boxes.tolist(), flips.tolist()
+
+    def crop_fn(crop, size, mean, std):
+        return (F.interpolate(crop, size=size, mode="bilinear", align_corners=False, antialias=False)[0] - mean) / std
+
+    if contender == "lmcl":
+        out = multi_crop(x, boxes, (224, 224), mean=MEAN, std=STD, flip=flips)
+    else:
+        out = _loop(crop_fn, x, box_rows, flip_rows, (224, 224), mean, std)
+    (g,) = benchmark(lambda: torch.autograd.grad(out, x, grad, retain_graph=True))
+    assert g.shape == x.shape
+    record(benchmark, "cpu", contender=contender)
+

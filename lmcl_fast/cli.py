@@ -1,7 +1,8 @@
-"""The `lmcl` command line: make-synthetic, train, eval, predict, bench, demo (`lmcl <cmd> -h`)."""
+"""The `lmcl` command line: make-synthetic, train, ablate, eval, probe, predict, bench, demo (`lmcl <cmd> -h`)."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -12,16 +13,24 @@ def _cmd_make_synthetic(args) -> int:
     from .data import make_synthetic
 
     path = make_synthetic(args.src, args.out, levels=args.levels, seed=args.seed, max_images=args.max_images,
-                          size=args.size)
+                          size=args.size, distortions=args.distortions)
     print(path)
     return 0
 
 
 def _train_config(args):
+    """The configuration of train / ablate / probe: --config FILE (or, resuming, the run's own config.json),
+    then --preset, then the options given."""
     from .core.config import TrainConfig, config_from_args
+    from .core.presets import preset
 
+    if getattr(args, "auto_resume", False):
+        # Resume when --out-dir already holds a run (a restarted or requeued job), else start it.
+        out_dir = getattr(args, "out_dir", None) or (TrainConfig.from_json(args.config).out_dir if args.config
+                                                     else TrainConfig().out_dir)
+        args.resume = os.path.isfile(os.path.join(out_dir, "config.json"))
     base = TrainConfig.from_json(args.config) if args.config else None
-    if base is None and args.resume:
+    if base is None and getattr(args, "resume", False):
         # Resuming: start from the run's own config; options given on the command line override it
         # (the model-shaping ones must still match the checkpoints, see SHAPE_FIELDS).
         out_dir = getattr(args, "out_dir", TrainConfig().out_dir)
@@ -29,12 +38,19 @@ def _train_config(args):
         if not os.path.isfile(saved):
             raise SystemExit(f"lmcl train: --resume: no {saved} (nothing to resume in --out-dir {out_dir})")
         base = TrainConfig.from_json(saved)
+    if args.preset:
+        base = (base or TrainConfig()).replace(**preset(args.preset))
     return config_from_args(args, base)
+
+
+# A full disk, a full quota or a read-only folder: reported in one line, never a traceback.
+_OUT_OF_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _cmd_train(args) -> int:
     from .core.dist import init_distributed, shutdown
     from .experiment import train_splits
+    from .train import CheckpointWriteError
 
     cfg = _train_config(args)
     if not cfg.root or not cfg.csv:
@@ -44,11 +60,58 @@ def _cmd_train(args) -> int:
     try:
         summary = train_splits(cfg, resume=args.resume, max_epochs=args.stop_after, dist=dist,
                                progress=not args.no_progress)
+    except CheckpointWriteError as e:
+        print(f"lmcl {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if e.errno not in _OUT_OF_SPACE_ERRNOS:
+            raise
+        # Logs, config.json, metrics: a full disk or read-only folder outside the checkpoint write.
+        print(f"lmcl train: cannot write {e.filename or cfg.out_dir}: {e.strerror}; training stopped and the "
+              f"last complete checkpoint under {cfg.out_dir} (if any) is kept: continue with --resume",
+              file=sys.stderr)
+        return 1
     finally:
         shutdown()
     if summary is not None and dist.is_main:
         print(summary["table"])
         print(f"results: {os.path.join(cfg.out_dir, 'metrics.json')}")
+    return 0
+
+
+def _cmd_ablate(args) -> int:
+    from .ablate import parse_variants, run_ablation
+
+    cfg = _train_config(args)
+    if not cfg.root or not cfg.csv:
+        raise SystemExit("lmcl ablate: --root and --csv are required (or --config FILE)")
+    try:
+        variants = parse_variants(args.variants)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    report = run_ablation(cfg, variants, progress=not args.no_progress, max_runs=args.stop_after_runs)
+    print(report["table"])
+    print(f"results: {os.path.join(cfg.out_dir, 'ablation.json')}")
+    return 0
+
+
+def _cmd_probe(args) -> int:
+    from .probe import run_probe
+
+    cfg = _train_config(args)
+    if args.path is None and not (cfg.root and cfg.csv):
+        raise SystemExit("lmcl probe: give a checkpoint / run folder, or --weights FILE (or none) with --root "
+                         "and --csv")
+    if args.path is not None and bool(cfg.root) != bool(cfg.csv):
+        raise SystemExit("lmcl probe: give both --root and --csv to probe a checkpoint on another dataset")
+    out = args.out or (os.path.join(args.path if os.path.isdir(args.path) else os.path.dirname(args.path), "probe")
+                       if args.path else os.path.join(cfg.out_dir, "probe"))
+    try:
+        summary = run_probe(cfg, args.path, out, data_override=bool(cfg.root))
+    except ValueError as e:
+        raise SystemExit(f"lmcl {e}") from None
+    print(summary["table"])
+    print(f"results: {os.path.join(out, 'metrics.json')}")
     return 0
 
 
@@ -132,7 +195,11 @@ def _cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .ablate import VARIANT_HELP
     from .core.config import add_config_args
+    from .core.presets import PRESETS
+
+    PRESET_NAMES = tuple(PRESETS)
 
     p = argparse.ArgumentParser(prog="lmcl", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -144,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--max-images", type=int, default=None, help="use at most this many photos")
     s.add_argument("--size", type=int, default=None, help="resize the photos to this side first")
+    s.add_argument("--distortions", default="basic", choices=("basic", "kadid"),
+                   help="distortion catalogue: basic (5 types, the demo's) or kadid (the 25 KADID-10k types)")
     s.set_defaults(func=_cmd_make_synthetic)
 
     s = sub.add_parser("train", help="train (and evaluate) on K content-aware splits",
@@ -154,11 +223,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="JSON config file (as written next to the checkpoints) to start from")
     s.add_argument("--resume", action="store_true",
                    help="continue the run in --out-dir from its split_XX/last.pt checkpoints")
+    s.add_argument("--preset", choices=PRESET_NAMES, help="a named configuration (options given override it)")
+    s.add_argument("--auto-resume", action="store_true",
+                   help="--resume when --out-dir already holds a run, else start a new one (for jobs that a "
+                        "scheduler or torchrun restarts with the same command)")
     s.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
                    help="stop after this many epochs in this invocation (resume later with --resume)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_config_args(s)
     s.set_defaults(func=_cmd_train)
+
+    s = sub.add_parser("ablate", help="train named variants of a config on the same K splits; paired tests",
+                       description="Train and evaluate each variant (the full method and ablations of its parts) "
+                                   "on the same --splits K content-aware splits with the same seeds, then report per "
+                                   "variant the median and range of SRCC/PLCC over the splits and, against the full "
+                                   "method, the per-split differences with a Wilcoxon signed-rank and a sign test. "
+                                   "Writes OUT_DIR/<variant>/split_XX/ and OUT_DIR/ablation.{json,md,png}; running "
+                                   "it again skips finished runs and continues unfinished ones.")
+    s.add_argument("--config", help="JSON config file to start from")
+    s.add_argument("--preset", choices=PRESET_NAMES, help="a named configuration (options given override it)")
+    s.add_argument("--variants", default=None,
+                   help="comma-separated subset of: " + ", ".join(f"{k} ({v})" for k, v in VARIANT_HELP.items())
+                        + "; the full method always runs (default: all)")
+    s.add_argument("--stop-after-runs", type=int, default=None, metavar="RUNS",
+                   help="train at most this many (variant, split) runs in this invocation")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_args(s)
+    s.set_defaults(func=_cmd_ablate)
 
     s = sub.add_parser("eval", help="evaluate a checkpoint (its own test split) or a run folder (all splits)")
     s.add_argument("path", help="a checkpoint (split_XX/last.pt) or a run folder with split_XX/ folders")
@@ -170,6 +261,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="where to write metrics.json / scatter.png (default: the run folder, or "
                                  "eval/ next to the checkpoint)")
     s.set_defaults(func=_cmd_eval)
+
+    s = sub.add_parser("probe", help="linear probe: frozen backbone features + ridge regression per split",
+                       description="The linear-probe protocol (as CONTRIQUE): per-image features of a frozen "
+                                   "backbone (crop features pooled as the predictor pools crop scores), a ridge "
+                                   "regressor fitted on the training part of each split (penalty chosen by 5-fold "
+                                   "cross-validation on that part, folds grouped by content), metrics on the test "
+                                   "part, summarised over the splits. PATH: a checkpoint or a run folder (each split "
+                                   "checkpoint on its own split, or with --root/--csv on --splits splits of that "
+                                   "dataset); without PATH, --arch and --weights (a torchvision ResNet or timm ViT-S "
+                                   "file) on --root/--csv.")
+    s.add_argument("path", nargs="?", default=None, help="a checkpoint (split_XX/last.pt) or a run folder")
+    s.add_argument("--config", help="JSON config file to start from")
+    s.add_argument("--preset", choices=PRESET_NAMES, help="a named configuration (options given override it)")
+    s.add_argument("--out", help="output folder (default: PATH/probe, or OUT_DIR/probe)")
+    add_config_args(s)
+    s.set_defaults(func=_cmd_probe)
 
     s = sub.add_parser("predict", help="print a predicted quality score per image")
     s.add_argument("images", nargs="+")

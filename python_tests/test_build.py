@@ -51,7 +51,7 @@ def _setup_py_nvcc_flags(debug=False):
 def _nvcc_command(source, output, debug=False):
     """The nvcc command BuildExtension would run for `source` in a CUDA build of setup.py: torch's
     COMMON_NVCC_FLAGS (-D__CUDA_NO_HALF_OPERATORS__ etc.), -fPIC, setup.py's flags, LMCL_WITH_CUDA and
-    the extension defines, torch's include paths; sm_90 as TORCH_CUDA_ARCH_LIST's default 9.0."""
+    the extension defines, torch's include paths; sm_90 only (the default list's newest arch), to keep CI short."""
     from torch.utils.cpp_extension import COMMON_NVCC_FLAGS, include_paths
 
     includes = [f"-I{p}" for p in include_paths()] + [
@@ -88,3 +88,20 @@ def test_cu_file_compiles_for_sm90(cu_file, tmp_path):
     syntax errors on machines with no GPU."""
     result = subprocess.run(_nvcc_command(cu_file, tmp_path / "out.o"), capture_output=True, text=True)
     assert result.returncode == 0, f"nvcc failed on {os.path.basename(cu_file)}:\n{result.stderr[-4000:]}"
+
+
+@pytest.mark.skipif(_nvcc() is None or shutil.which("cmake") is None, reason="nvcc or cmake not found")
+def test_cmake_cuda_archs_survive_torchs_override(tmp_path):
+    """With a CUDA build of torch, find_package(Torch) sets CMAKE_CUDA_ARCHITECTURES to OFF (its -gencode flags
+    go to the legacy CUDA_NVCC_FLAGS, which CUDA-language targets ignore), so a CMAKE_CUDA_ARCHITECTURES default
+    would be dead and nvcc would build its own default arch. Configure as that torch leaves things (OFF) and
+    check that the kernels still get setup.py's default archs: sm_80, and sm_90 with compute_90 PTX."""
+    build = tmp_path / "build"
+    cmd = ["cmake", "-S", ROOT, "-B", str(build), "-G", "Ninja" if shutil.which("ninja") else "Unix Makefiles",
+           "-DLMCL_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=OFF", f"-DCMAKE_CUDA_COMPILER={_nvcc()}",
+           f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rules = "".join(p.read_text() for p in build.rglob("*") if p.name in ("build.ninja", "flags.make"))
+    assert "arch=compute_80,code=[sm_80]" in rules, rules[-2000:]
+    assert "arch=compute_90,code=[compute_90,sm_90]" in rules, rules[-2000:]

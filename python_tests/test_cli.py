@@ -98,6 +98,11 @@ def test_resume_of_a_finished_run_only_reevaluates(cli_run):
     before = os.path.getmtime(os.path.join(out, "split_00", "last.pt"))
     assert main(["train", "--resume", "--out-dir", out, "--no-progress", "--num-workers", "0"]) == 0
     assert os.path.getmtime(os.path.join(out, "split_00", "last.pt")) == before
+    # --auto-resume finds the run (and resumes it), or starts a new one in an empty --out-dir.
+    assert main(["train", "--auto-resume", "--out-dir", out, "--no-progress", "--num-workers", "0"]) == 0
+    assert os.path.getmtime(os.path.join(out, "split_00", "last.pt")) == before
+    with pytest.raises(SystemExit, match="--root and --csv are required"):
+        main(["train", "--auto-resume", "--out-dir", os.path.join(out, "new")])
 
 
 def test_train_needs_data():

@@ -15,12 +15,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.utils.data import DistributedSampler
 
 from lmcl_fast.core import checkpoint as ckpt_io
 from lmcl_fast.core.dist import DistContext
 from lmcl_fast.core.pipeline import CropPipeline
 from lmcl_fast.data import IQADataset, make_loader, random_splits
-from lmcl_fast.train import ConfigMismatchError, TrainConfig, Trainer
+from lmcl_fast.train import TrainConfig, Trainer
+from lmcl_fast.train.tb_log import tensorboard_available
 from lmcl_testing import ROOT, TOLERANCES
 
 B = 4  # images per rank; the single-process reference uses 2 * B
@@ -30,7 +32,8 @@ EPOCHS, STEPS = 3, 12
 # 2 x b run computes the same function as the 1 x 2b run (CPU SyncBatchNorm does not exist).
 FLAGS = ["--arch", "tiny", "--crop-size", "32", "--n-crops", "3", "--min-crop", "16", "--epochs", str(EPOCHS),
          "--splits", "1", "--num-workers", "0", "--log-every", "1", "--lr", "2e-3", "--eval-grid", "2",
-         "--device", "cpu", "--seed", "0", "--batch-norm", "frozen", "--save-every", "2", "--no-progress"]
+         "--device", "cpu", "--seed", "0", "--batch-norm", "frozen", "--save-every", "2", "--no-progress",
+         "--log-images"]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -84,16 +87,21 @@ def _split(root, csv_path):
 def _config(synthetic, out_dir, **kw) -> TrainConfig:
     base = dict(root=synthetic[0], csv=synthetic[1], out_dir=str(out_dir), arch="tiny", crop_size=32, n_crops=3,
                 min_crop=16, epochs=EPOCHS, splits=1, num_workers=0, log_every=1, lr=2e-3, eval_grid=2,
-                device="cpu", seed=0, batch_norm="frozen", save_every=2, batch_size=2 * B)
+                device="cpu", seed=0, batch_norm="frozen", save_every=2, batch_size=2 * B, log_images=True)
     base.update(kw)
     return TrainConfig(**base)
 
 
-def test_two_ranks_follow_one_process_with_the_global_batch(synthetic, two_ranks, tmp_path):
-    cfg = _config(synthetic, tmp_path)
-    trainer = Trainer(cfg, *_split(*synthetic), str(tmp_path / "split_00"), progress=False)
-    trainer.fit()
-    single, ddp = trainer.history, _log(two_ranks)
+@pytest.fixture(scope="module")
+def one_process(synthetic, tmp_path_factory):
+    """The same run in one process with batch 2 B (in-process)."""
+    out = tmp_path_factory.mktemp("one_process")
+    Trainer(_config(synthetic, out), *_split(*synthetic), str(out / "split_00"), progress=False).fit()
+    return str(out)
+
+
+def test_two_ranks_follow_one_process_with_the_global_batch(two_ranks, one_process):
+    single, ddp = _log(one_process), _log(two_ranks)
     assert [h["step"] for h in single] == [h["step"] for h in ddp] == list(range(1, STEPS + 1))
     assert [h["lr"] for h in single] == [h["lr"] for h in ddp]
     tol = TOLERANCES[("ddp", torch.float32)]
@@ -130,11 +138,6 @@ def test_killed_rank_leaves_a_loadable_checkpoint_and_resume_finishes_the_run(sy
     assert 2 <= ck["step"] < STEPS, "the kill must land mid-training"
     assert ck["step"] % 2 == 0 and [h["step"] for h in ck["history"]] == list(range(1, ck["step"] + 1))
 
-    # Resuming it on another number of processes is refused.
-    cfg = _config(synthetic, tmp_path, batch_size=B)
-    with pytest.raises(ConfigMismatchError, match="2 process.*world size 1.*nproc_per_node=2"):
-        Trainer(cfg, *_split(*synthetic), str(tmp_path / "split_00"), resume=str(ckpt), progress=False)
-
     proc = _torchrun(args + ["--resume"], str(tmp_path / "resumed.log"))
     _finish(proc, str(tmp_path / "resumed.log"))
     final = ckpt_io.load(str(ckpt))
@@ -152,6 +155,116 @@ def test_killed_rank_leaves_a_loadable_checkpoint_and_resume_finishes_the_run(sy
 
 
 # ------------------------------------------------------------------------------- in-process, 2 gloo ranks
+class _Stop(Exception):
+    pass
+
+
+def _stop_after(trainer, steps: int) -> None:
+    """Make `trainer` stop (as if preempted) when it is about to take optimizer step `steps` + 1."""
+    step = trainer.train_step
+
+    def stopping_step(batch, seeds):
+        if trainer.step == steps:
+            raise _Stop
+        step(batch, seeds)
+
+    trainer.train_step = stopping_step
+
+
+def _elastic_worker(rank, world, init_file, cfg_dict, run_dir, resume, stop_at):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        ctx = DistContext(rank, world, 0, dist.group.WORLD, dist.group.WORLD)
+        cfg = TrainConfig(**cfg_dict)
+        trainer = Trainer(cfg, *_split(cfg.root, cfg.csv), run_dir, dist=ctx, resume=resume, progress=False)
+        if stop_at:
+            _stop_after(trainer, stop_at)
+        try:
+            trainer.fit()
+        except _Stop:
+            pass
+    finally:
+        dist.destroy_process_group()
+
+
+def _images_by_epoch(run_dir: str) -> dict:
+    by_epoch: dict = {}
+    for name in sorted(os.listdir(run_dir)):
+        if name.startswith("images_rank"):
+            with open(os.path.join(run_dir, name)) as fh:
+                for line in fh:
+                    entry = json.loads(line)
+                    by_epoch.setdefault(entry["epoch"], []).extend(entry["names"])
+    return by_epoch
+
+
+# The interrupted runs stop about to take step 8 (after the checkpoint of step 6, mid-epoch 2: 2 of its 4 global
+# batches consumed, and after logging step 7, which the resume must drop).
+STOP_AT, SAVED_STEP = 7, 6
+
+
+def _check_elastic_run(run_dir: str, uninterrupted: str) -> None:
+    """The resumed run ends where the uninterrupted run ends: the same losses and weights (within the DDP
+    tolerance), each epoch's images each seen once, the same images in each epoch, one log entry per step.
+
+    `uninterrupted` is the run with the process layout of the interrupted part: 1 x 2B and 2 x B runs log the
+    same losses (test above) but reach weights up to ~2e-3 apart (float32 sums in another order make AdamW's
+    first, normalised, updates differ where gradients are ~0), while the layout of the resumed part changes
+    the weights by ~1e-6 only (measured on the 2-core sandbox)."""
+    final = ckpt_io.load(os.path.join(run_dir, "last.pt"))
+    reference = ckpt_io.load(os.path.join(uninterrupted, "split_00", "last.pt"))
+    assert final["step"] == STEPS and [h["step"] for h in final["history"]] == list(range(1, STEPS + 1))
+    tol = TOLERANCES[("ddp", torch.float32)]
+    for term in ("total", "quality", "lmc", "kl"):
+        torch.testing.assert_close(torch.tensor([h[term] for h in final["history"]]),
+                                   torch.tensor([h[term] for h in reference["history"]]), **tol)
+    for branch, state in reference["models"].items():
+        for k, v in state.items():
+            torch.testing.assert_close(final["models"][branch][k], v, **tol, msg=lambda m: f"{branch}.{k}: {m}")
+    if tensorboard_available():  # step 7, logged before the stop, was dropped from the event files too
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(os.path.join(run_dir, "tensorboard"))
+        events.Reload()
+        assert [e.step for e in events.Scalars("train/total")] == list(range(1, STEPS + 1))
+    seen, expected = _images_by_epoch(run_dir), _images_by_epoch(os.path.join(uninterrupted, "split_00"))
+    assert sorted(seen) == sorted(expected) == list(range(1, EPOCHS + 1))
+    for epoch, names in seen.items():
+        assert len(names) == len(set(names)) == STEPS // EPOCHS * 2 * B, f"epoch {epoch}"
+        assert set(names) == set(expected[epoch]), f"epoch {epoch}"
+
+
+def test_two_ranks_stopped_mid_epoch_resume_on_one_process(synthetic, two_ranks, tmp_path):
+    run_dir = str(tmp_path / "split_00")
+    cfg = _config(synthetic, tmp_path, batch_size=B)  # 2 x B, as two_ranks
+    mp.spawn(_elastic_worker, args=(2, str(tmp_path / "init"), cfg.to_dict(), run_dir, None, STOP_AT), nprocs=2,
+             join=True)
+    ck = ckpt_io.load(os.path.join(run_dir, "last.pt"))
+    assert (ck["world_size"], ck["step"], ck["epoch"], ck["epoch_position"]) == (2, SAVED_STEP, 1, 2 * 2 * B)
+
+    trainer = Trainer(cfg, *_split(*synthetic), run_dir, resume=os.path.join(run_dir, "last.pt"), progress=False)
+    assert trainer.cfg.batch_size == 2 * B and trainer.global_batch == 2 * B  # the global batch is kept
+    trainer.fit()
+    _check_elastic_run(run_dir, two_ranks)  # the interrupted part ran on 2 ranks
+
+
+def test_one_process_stopped_mid_epoch_resumes_on_two_ranks(synthetic, one_process, tmp_path):
+    run_dir = str(tmp_path / "split_00")
+    cfg = _config(synthetic, tmp_path)  # 1 x 2B
+    trainer = Trainer(cfg, *_split(*synthetic), run_dir, progress=False)
+    _stop_after(trainer, STOP_AT)
+    with pytest.raises(_Stop):
+        trainer.fit()
+    ck = ckpt_io.load(os.path.join(run_dir, "last.pt"))
+    assert (ck["world_size"], ck["step"], ck["epoch_position"]) == (1, SAVED_STEP, 2 * 2 * B)
+
+    mp.spawn(_elastic_worker, args=(2, str(tmp_path / "init"), cfg.to_dict(), run_dir,
+                                    os.path.join(run_dir, "last.pt"), 0), nprocs=2, join=True)
+    assert TrainConfig.from_json(os.path.join(run_dir, "config.json")).batch_size == B  # 2 x B: same global batch
+    _check_elastic_run(run_dir, one_process)  # the interrupted part ran in one process
+
+
 def _ema_worker(rank, init_file, root, csv_path, out_dir):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
@@ -219,12 +332,41 @@ def test_loader_starts_an_epoch_part_way(synthetic):
                          drop_last=True)
     loader.set_epoch(2)
     full = [b["index"] for b in loader]
-    loader.set_epoch(2, start_batch=3)
+    loader.set_epoch(2, start=3 * 2 * 4)  # 3 global batches of 2 ranks x 4 rows consumed
     tail = [b["index"] for b in loader]
-    assert len(full) == len(loader) == 5 and len(tail) == 2
+    assert len(full) == len(loader) == 5 and len(tail) == 2 == loader.batches(24)
     assert all(torch.equal(a, b) for a, b in zip(tail, full[3:]))
-    with pytest.raises(ValueError, match="start_batch"):
-        loader.set_epoch(2, start_batch=6)
+    with pytest.raises(ValueError, match="start"):
+        loader.set_epoch(2, start=len(loader.dataset) + 1)
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_shards_are_distributed_samplers_and_resume_on_any_world_size(synthetic, drop_last):
+    ds = IQADataset(*synthetic)  # 44 rows
+    for world in (1, 2, 3, 5):
+        for rank in range(world):
+            loader = make_loader(ds, 4, shuffle=True, seed=3, num_workers=0, rank=rank, world_size=world,
+                                 drop_last=drop_last)
+            loader.set_epoch(1)
+            ref = DistributedSampler(ds, world, rank, shuffle=True, seed=3, drop_last=drop_last)
+            ref.set_epoch(1)
+            assert list(loader.sampler) == list(ref)
+    # Global batches (G = 8 rows) of 2 ranks, then of 1 and of 4 from row 16 on: the rows of the epoch's
+    # order in sequence, each once.
+    def global_rows(world, batch, start):
+        shards = []
+        for rank in range(world):
+            loader = make_loader(ds, batch, shuffle=True, seed=3, num_workers=0, rank=rank, world_size=world,
+                                 drop_last=True)
+            loader.set_epoch(1, start=start)
+            shards.append([b["index"].tolist() for b in loader])
+        # rank r's j-th row of a step is row r + world * j of the step's global batch
+        return [i for step in zip(*shards) for column in zip(*step) for i in column]
+
+    order = global_rows(1, 8, 0)
+    assert len(order) == 40 and len(set(order)) == 40
+    assert global_rows(2, 4, 0)[:16] + global_rows(1, 8, 16) == order
+    assert sorted(global_rows(2, 4, 0)[:16] + global_rows(4, 2, 16)) == sorted(order)
 
 
 def test_global_batch_larger_than_the_training_set_is_refused(synthetic, tmp_path):

@@ -398,6 +398,44 @@ def test_grid_runner_checks_anchor_idx_in_a_kernel(grid_runner, bad):
     assert str(grid.value).split(", got")[0] == str(cpu.value).split(", got")[0]
 
 
+def test_grid_runner_row_groups_longer_than_a_warp(grid_runner):
+    # Normalisation and the forward LSE run a warp (32 lanes) per row: rows of D = 70 values and tiles of 45
+    # keys give every lane one to three elements, and 2 groups for 48 rows wrap around the grid.
+    case = _case(12, 4, 70, tau=0.05, intra_weight=0.2, strided=True)
+    args = (case["z"], case["anchor_idx"], case["z"], case["teacher"], 0, 0.05, 0.2, 0.9)
+    cpu = torch.ops.lmcl.lmc_loss(*args, 45)
+    grid = grid_runner.lmc_loss(*args, 45, 32, 2)
+    for x, y in zip(grid, cpu):
+        torch.testing.assert_close(x, y, **TOLERANCES[("lmc_loss", torch.float32)])
+    grad = torch.tensor(0.7)
+    cpu_b = torch.ops.lmcl._lmc_loss_backward(grad, *args[:4], *cpu[1:], *args[4:], True, True, True, 45)
+    grid_b = grid_runner.lmc_loss_backward(grad, *args[:4], *cpu[1:], *args[4:], 45, 32, 2)
+    for x, y in zip(grid_b, cpu_b):
+        assert_grad_close(x, y)
+
+
+@pytest.mark.parametrize("precision", ["high", "medium"])
+def test_gemms_stay_float32_and_the_callers_setting_is_kept(grid_runner, precision):
+    """The tile GEMMs run under at::NoTF32Guard (every grid-runner launch checks that it is on, here and in
+    the other grid-runner tests), which leaves the caller's setting as it was and ends with the call."""
+    case = _case(6, 4, 16, tau=0.05)
+    expected = _value_and_grads(lmc_loss, case)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        got = _value_and_grads(lmc_loss, case)
+        args = (case["z"], case["anchor_idx"], case["z"], case["teacher"], 0, 0.05, 0.5, 1.0)
+        fwd = grid_runner.lmc_loss(*args, 7, 64, 2)
+        grid_runner.lmc_loss_backward(torch.tensor(1.0), *args[:4], *fwd[1:], *args[4:], 7, 64, 2)
+        assert torch.get_float32_matmul_precision() == precision
+        assert not grid_runner.tf32_disabled()
+    finally:
+        torch.set_float32_matmul_precision(before)
+    # This CPU's float32 GEMMs ignore the setting (MKL); a GPU's would use TF32 without the guard
+    # (test_cuda.py checks B=256 against float64 with TF32 allowed).
+    assert torch.equal(got[0], expected[0]) and all(torch.equal(a, b) for a, b in zip(got[1], expected[1]))
+
+
 @pytest.mark.parametrize("rows, cols", [(0, 5), (6, 0), (6, 5)])
 def test_grid_runner_grad_tile_body(grid_runner, rows, cols):
     # The per-element backward body on its own: g = w exp(s / tau - lse) scale - [positive] scale, with

@@ -24,8 +24,22 @@ def _global_batch():
     return z, t, a
 
 
-def _worker(rank, init_file, out_dir, with_teacher):
+def _worker(rank, init_file, out_dir, with_teacher, legacy_gather):
     torch.set_num_threads(1)
+    legacy_calls = []
+    if legacy_gather:  # the API of torch 2.4 - 2.12: a differentiable all_gather_tensor_autograd, no all_gather_single
+        from torch.distributed import _functional_collectives as funcol
+
+        # Newer torch: its deprecated alias calls the name hidden here, so the alias is rebound to the function.
+        differentiable = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor_autograd
+        if hasattr(funcol, "all_gather_single"):
+            del funcol.all_gather_single
+
+        def legacy(x, dim, group, tag=""):
+            legacy_calls.append(dim)
+            return differentiable(x, dim, group, tag)
+
+        funcol.all_gather_tensor_autograd = legacy
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         z, t, a = _global_batch()
@@ -34,16 +48,22 @@ def _worker(rank, init_file, out_dir, with_teacher):
         t_local = t[rows].clone().requires_grad_(True) if with_teacher else None
         loss = lmc_loss(z_local, a[rows], t_local, group=dist.group.WORLD, **KW)
         loss.backward()
-        torch.save(dict(loss=loss.detach(), z_grad=z_local.grad,
-                        t_grad=t_local.grad if with_teacher else None), os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(dict(loss=loss.detach(), z_grad=z_local.grad, t_grad=t_local.grad if with_teacher else None,
+                        legacy_calls=len(legacy_calls)), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("with_teacher", [True, False], ids=["teacher", "teacher-none"])
-def test_group_matches_single_process_global_batch(tmp_path, with_teacher):
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path), with_teacher), nprocs=WORLD, join=True)
+# The teacher=None case also runs the all-gather of torch 2.4 - 2.12 (all_gather_single hidden).
+@pytest.mark.parametrize("with_teacher, legacy_gather", [(True, False), (False, True)],
+                         ids=["teacher", "teacher-none-legacy-gather"])
+def test_group_matches_single_process_global_batch(tmp_path, with_teacher, legacy_gather):
+    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path), with_teacher, legacy_gather), nprocs=WORLD,
+             join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    # The fallback gathers once with teacher=None (the keys serve as both), twice with a teacher.
+    gathers = (2 if with_teacher else 1) if legacy_gather else 0
+    assert [r["legacy_calls"] for r in results] == [gathers] * WORLD
 
     z, t, a = _global_batch()
     z = z.requires_grad_(True)

@@ -45,7 +45,9 @@ def reference_spectral_residual(images: torch.Tensor, long_side: int = 64, sigma
     sal = F.interpolate(torch.from_numpy(np.stack(maps))[:, None], size=(H, W), mode="bilinear", align_corners=False)
     sal = sal[:, 0]
     low, high = sal.amin(dim=(1, 2), keepdim=True), sal.amax(dim=(1, 2), keepdim=True)
-    return (sal - low) / (high - low)
+    # No contrast beyond float32 rounding (range <= 1e-6 of the maximum): all zeros, as documented.
+    flat = (high - low) <= torch.clamp(1e-6 * high, min=1e-12)
+    return torch.where(flat, 0.0, (sal - low) / (high - low))
 
 
 SHAPES = [(2, 96, 128, 3), (1, 40, 30, 1), (1, 7, 200, 3), (3, 64, 64, 3), (1, 131, 67, 3)]
@@ -109,6 +111,22 @@ def test_torch_compile_fullgraph():
     images = torch.randint(0, 256, (2, 80, 100, 3), dtype=torch.uint8)
     compiled = torch.compile(ops.spectral_residual, fullgraph=True)
     torch.testing.assert_close(compiled(images).double(), reference_spectral_residual(images), **TOL)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_autocast_keeps_float32_math_and_output(device, dtype):
+    """Under autocast (the trainer's bf16 step, or a user's) the map is still float32 math with a float32
+    result, which crop_saliency accepts: the same numbers as outside autocast."""
+    images = torch.randint(0, 256, (2, 80, 100, 3), dtype=torch.uint8, device=device)
+    expected = ops.spectral_residual(images)
+    boxes = torch.tensor([[[0, 0, 40, 40], [10, 20, 64, 80]]] * 2, device=device)
+    with torch.autocast(device, dtype=dtype):
+        sal = ops.spectral_residual(images)
+        scores = ops.crop_saliency(sal, boxes)
+    assert sal.dtype == torch.float32 and scores.dtype == torch.float32
+    torch.testing.assert_close(sal, expected, rtol=0, atol=0)
+    torch.testing.assert_close(scores, ops.crop_saliency(expected, boxes), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from lmcl_fast.data import IQADataset, make_synthetic, synthetic_mos
-from lmcl_fast.data.synthetic import DISTORTIONS
+from lmcl_fast.data.distortions import BASIC
 
 SIZE = 40  # short side of the resized photos: keeps the test fast
 
@@ -32,8 +32,8 @@ def test_files_and_csv(synthetic):
     out, csv_path = synthetic
     assert csv_path == os.path.join(str(out), "labels.csv")
     rows = read_rows(csv_path)
-    assert list(rows[0]) == ["name", "mos", "ref"]
-    assert len(rows) == 2 * (1 + len(DISTORTIONS) * 5)
+    assert list(rows[0]) == ["name", "mos", "ref", "type", "level"]
+    assert len(rows) == 2 * (1 + len(BASIC) * 5)
     assert len({r["ref"] for r in rows}) == 2
     for r in rows:
         path = out / r["name"]
@@ -58,8 +58,8 @@ def test_scores_fall_with_level(synthetic):
         kind, level = stem.split("__")[1].rsplit("_", 1)
         by_type[(r["ref"], kind)][int(level)] = float(r["mos"])
     assert set(pristine.values()) == {100.0}
-    assert len(by_type) == 2 * len(DISTORTIONS)
-    weights = dict(DISTORTIONS)
+    assert len(by_type) == 2 * len(BASIC)
+    weights = {d.name: d.weight for d in BASIC}
     for (ref, kind), scores in by_type.items():
         levels = sorted(scores)
         assert levels == [1, 2, 3, 4, 5]
@@ -82,9 +82,9 @@ def test_deterministic_for_a_seed(photos_dir, synthetic, tmp_path):
 
 def test_levels_argument(photos_dir, tmp_path):
     rows = read_rows(make_synthetic(photos_dir, tmp_path, levels=2, max_images=1, size=16))
-    assert len(rows) == 1 + len(DISTORTIONS) * 2
+    assert len(rows) == 1 + len(BASIC) * 2
     assert sorted({float(r["mos"]) for r in rows if "__blur_" in r["name"]}) == pytest.approx(
-        [synthetic_mos(dict(DISTORTIONS)["blur"], lv, 2) for lv in (2, 1)])
+        [synthetic_mos(BASIC[1].weight, lv, 2) for lv in (2, 1)])
 
 
 def test_bad_arguments(photos_dir, tmp_path):

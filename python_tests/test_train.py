@@ -11,6 +11,10 @@ from lmcl_fast.core import checkpoint as ckpt_io
 from lmcl_fast.experiment import train_splits
 from lmcl_fast.train import ConfigMismatchError, NonFiniteLossError, TrainConfig, Trainer
 from lmcl_fast.train import trainer as trainer_mod
+from lmcl_fast.train.elastic import replan_schedule, resume_plan
+from lmcl_fast.train.schedule import make_scheduler
+from lmcl_fast.train.tb_log import tensorboard_available
+from lmcl_fast.train.throughput import PHASES, TIMING_KEYS
 from lmcl_testing import TOLERANCES
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -173,5 +177,123 @@ def test_same_seed_same_numbers(trained, synthetic, tmp_path):
     cfg, summary = trained
     again = train_splits(cfg.replace(out_dir=str(tmp_path)), progress=False)
     assert json.dumps(again["splits"]) == json.dumps(summary["splits"])  # NaN-safe, bit-equal
-    first = ckpt_io.load(os.path.join(cfg.out_dir, "split_00", "last.pt"))["history"]
-    assert ckpt_io.load(str(tmp_path / "split_00" / "last.pt"))["history"] == first
+    def numbers(run_dir):  # the logged values less the measured times and throughput
+        history = ckpt_io.load(os.path.join(run_dir, "split_00", "last.pt"))["history"]
+        return [{k: v for k, v in h.items() if k not in TIMING_KEYS} for h in history]
+
+    assert numbers(str(tmp_path)) == numbers(cfg.out_dir)
+
+
+def test_log_lines_carry_throughput_and_the_step_time_split(trained):
+    cfg, _ = trained
+    with open(os.path.join(cfg.out_dir, "split_00", "train_log.jsonl")) as fh:
+        entries = [json.loads(line) for line in fh]
+    for e in entries:
+        assert e["images_per_s"] > 0
+        times = e["time_ms"]
+        assert list(times) == ["step", *PHASES] and all(v >= 0 for v in times.values())
+        # Wall clock on the CPU: the phases are disjoint parts of the interval the step time averages.
+        assert sum(times[p] for p in PHASES) <= times["step"] * (1 + 1e-9)
+        assert times["forward"] > 0 and times["backward"] > 0 and times["crops"] > 0
+
+
+def _scalars(log_dir: str) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(log_dir)
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+@pytest.mark.skipif(not tensorboard_available(), reason="tensorboard not installed (the `tensorboard` extra)")
+def test_tensorboard_has_losses_lr_throughput_and_test_metrics(trained):
+    cfg, summary = trained
+    split = os.path.join(cfg.out_dir, "split_00")
+    scalars = _scalars(os.path.join(split, "tensorboard"))
+    history = ckpt_io.load(os.path.join(split, "last.pt"))["history"]
+    for tag, key in [("train/total", "total"), ("train/lmc", "lmc"), ("lr", "lr"),
+                     ("throughput/images_per_s", "images_per_s")]:
+        assert [s for s, _ in scalars[tag]] == [h["step"] for h in history], tag
+        torch.testing.assert_close(torch.tensor([v for _, v in scalars[tag]]),
+                                   torch.tensor([float(h[key]) for h in history]))  # float32 event values
+    assert {f"time_ms/{p}" for p in ("step", *PHASES)} <= set(scalars)
+    srcc = summary["splits"][0]["srcc"]
+    assert scalars["test/srcc"] == [(12, pytest.approx(srcc, rel=1e-6))]
+
+
+def test_no_tensorboard_flag_writes_no_event_files(synthetic, tmp_path):
+    from lmcl_fast.data import IQADataset
+    from lmcl_fast.data.splits import random_splits
+
+    ds = IQADataset(*synthetic)
+    train_idx, test_idx = random_splits(ds.group_keys(), k=1, train_frac=0.8, seed=0)[0]
+    Trainer(tiny_config(synthetic, tmp_path, tensorboard=False), ds, train_idx, test_idx, str(tmp_path),
+            progress=False)
+    assert not os.path.exists(tmp_path / "tensorboard")
+
+
+def test_resume_plan_keeps_the_global_batch_or_scales_the_learning_rate():
+    kept = resume_plan(saved_global=8, saved_world=2, world=1, batch_size=4)
+    assert (kept.batch_size, kept.global_batch, kept.lr_factor) == (8, 8, 1.0) and "global batch 8 kept" in kept.message
+    assert resume_plan(8, 1, 4, 8).batch_size == 2
+    assert resume_plan(8, 2, 2, 4).message is None  # same launch shape: nothing to say
+    changed = resume_plan(saved_global=10, saved_world=2, world=4, batch_size=5)
+    assert (changed.batch_size, changed.global_batch, changed.lr_factor) == (2, 8, 0.8)  # round(10 / 4) = 2
+    assert "linear scaling" in changed.message and "10" in changed.message
+    assert resume_plan(8, 1, 3, 8).global_batch == 9  # round(8 / 3) = 3 per process
+
+
+def test_replanned_schedule_goes_on_at_the_same_fraction_of_the_run():
+    def sched(steps_per_epoch, lr=1.0):
+        opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+        return opt, make_scheduler(opt, 10 * steps_per_epoch, warmup_frac=0.1, min_ratio=0.01)
+
+    opt, sch = sched(8)  # global batch 10 over 80 images: 8 steps per epoch
+    for _ in range(30):
+        opt.step()
+        sch.step()
+    opt2, sch2 = sched(10)  # resumed with global batch 8: 10 steps per epoch
+    sch2.load_state_dict(sch.state_dict())
+    replan_schedule(opt2, sch2, factor=0.8, steps_ratio=10 / 8)
+    assert sch2.last_epoch == round(30 * 10 / 8)
+    # The multiplier is where it was (37.5 of 100 steps vs 30 of 80), the peak scaled by 8 / 10.
+    torch.testing.assert_close(opt2.param_groups[0]["lr"], 0.8 * opt.param_groups[0]["lr"], rtol=2e-2, atol=0)
+
+
+def test_cuda_step_timer_reads_its_events_only_at_log_time(monkeypatch):
+    """The CUDA path without a GPU: fake events on a fake clock. Recording never waits; read() waits for the
+    last event once and turns consecutive events into the phases."""
+    from lmcl_fast.train import throughput
+
+    clock, synced = [0.0], []
+
+    class FakeEvent:
+        def __init__(self, enable_timing):
+            assert enable_timing
+
+        def record(self, stream):
+            self.t = clock[0]
+
+        def synchronize(self):
+            synced.append(self)
+
+        def elapsed_time(self, end):  # milliseconds, as CUDA events give them
+            return (end.t - self.t) * 1e3
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: None)
+    timer = throughput.StepTimer(torch.device("cuda", 0))
+    for _ in range(2):
+        timer.waited(0.5)
+        timer.begin()
+        for i, phase in enumerate(PHASES[1:], start=1):
+            clock[0] += i  # phase i takes i seconds of device time
+            timer.mark(phase)
+        timer.end(images=8)
+    assert synced == []  # nothing waited for the device during the steps
+    out = timer.read()
+    assert len(synced) == 1
+    assert out["time_ms"]["data"] == pytest.approx(500.0)
+    for i, phase in enumerate(PHASES[1:], start=1):
+        assert out["time_ms"][phase] == pytest.approx(i * 1e3), phase
+    assert out["images_per_s"] > 0 and timer.read() is None  # a new, empty interval

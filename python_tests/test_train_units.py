@@ -34,8 +34,8 @@ def test_config_json_round_trip(tmp_path):
     assert json.loads(path.read_text())["mean"] == [0.5, 0.5, 0.5]
 
 
-@pytest.mark.parametrize("field,value", [("arch", "vgg"), ("mutual", "none"), ("n_crops", 1), ("batch_size", 1),
-                                         ("crop_scale_min", 0.0), ("train_frac", 1.0), ("epochs", 0),
+@pytest.mark.parametrize("field,value", [("arch", "vgg"), ("mutual", "solo"), ("anchor", "first"), ("n_crops", 1),
+                                         ("batch_size", 1), ("crop_scale_min", 0.0), ("train_frac", 1.0), ("epochs", 0),
                                          ("amp", "fp8"), ("mean", (0.5, 0.5))])
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
@@ -249,6 +249,35 @@ def test_objective_terms_and_gradients(mutual):
     assert all(p.grad is not None for p in a.parameters())
     # Peer: both networks learn. EMA: the teacher's outputs carry no gradient for its embeddings.
     assert (b.projection.net[0].weight.grad is not None) == (mutual == "peer")
+
+
+def test_objective_single_branch_and_random_anchor():
+    """The ablation switches: mutual=none (no second branch: own detached embeddings as the teacher, no KL) and
+    anchor=random (uniform anchors from the global torch generator)."""
+    from lmcl_fast import ops
+    from lmcl_fast.core.scoring import crop_scores
+    from lmcl_fast.train.objective import compute_losses
+
+    torch.manual_seed(3)
+    B, N = 4, 5
+    a = build_model("tiny")
+    crops, prior, target = torch.randn(B * N, 3, 16, 16), torch.randn(B, N), torch.randn(B)
+    out = a(crops)
+    z = out.z.view(B, N, -1)
+    cfg = TrainConfig(arch="tiny", mutual="none", lambda_lmc=0.3)
+    kw = dict(tau=cfg.tau, intra_weight=cfg.intra_weight, manifold_weight=cfg.manifold_weight)
+    terms = compute_losses(cfg, out, None, prior, target)
+    anchor = crop_scores(out, prior, cfg.prior_weight).argmax(1)
+    tol = TOLERANCES[("lmc_loss", torch.float32)]
+    torch.testing.assert_close(terms.lmc, ops.lmc_loss(z, anchor, z.detach(), **kw), **tol)
+    assert terms.kl.item() == 0.0
+
+    random_cfg = cfg.replace(anchor="random")
+    torch.manual_seed(11)
+    terms = compute_losses(random_cfg, out, None, prior, target)
+    torch.manual_seed(11)
+    drawn = torch.randint(0, N, (B,))
+    torch.testing.assert_close(terms.lmc, ops.lmc_loss(z, drawn, z.detach(), **kw), **tol)
 
 
 def test_saliency_pooling_weights_crops_by_score():

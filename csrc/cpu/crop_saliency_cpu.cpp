@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 
 #include "host/boxes.h"
 #include "kernels/crop_saliency.h"
@@ -62,6 +63,8 @@ void for_each_image_sweep(const at::Tensor& boxes, int64_t H, int64_t W, const S
   });
 }
 
+at::Tensor box_means_of_nonfinite_map(const at::Tensor& saliency, const at::Tensor& boxes);
+
 at::Tensor crop_saliency_cpu(const at::Tensor& saliency, const at::Tensor& boxes) {
   check_crop_saliency_args(saliency, boxes);
   const int64_t B = saliency.size(0), H = saliency.size(1), W = saliency.size(2), N = boxes.size(1);
@@ -100,7 +103,24 @@ at::Tensor crop_saliency_cpu(const at::Tensor& saliency, const at::Tensor& boxes
       out_ptr[b * N + n] = static_cast<float>(box_mean_from_sum(sum[n], img_boxes[n]));
     }
   });
+  // Means of a finite map are finite (float64 sums, a mean never exceeds the largest value): a non-finite one
+  // means NaN or Inf pixels, which the table spreads to boxes that do not contain them.
+  if (!at::isfinite(out).all().item<bool>()) {
+    return box_means_of_nonfinite_map(saliency, boxes);
+  }
   return out;
+}
+
+// The slow definition's means for a map with NaN or Inf pixels: the finite pixels go through the table, and each
+// box counts its NaN, +Inf and -Inf pixels (box means of 0/1 maps, exact in float64): a box with a NaN, or with
+// both infinities, is NaN; one with only +Inf (-Inf) is +Inf (-Inf); the others keep their finite mean.
+at::Tensor box_means_of_nonfinite_map(const at::Tensor& saliency, const at::Tensor& boxes) {
+  const at::Tensor means = crop_saliency_cpu(at::where(at::isfinite(saliency), saliency, 0.0), boxes);
+  const auto any = [&](const at::Tensor& mask) { return crop_saliency_cpu(mask.to(at::kFloat), boxes) > 0; };
+  const at::Tensor nan = any(at::isnan(saliency)), pos = any(at::isposinf(saliency)), neg = any(at::isneginf(saliency));
+  const double inf = std::numeric_limits<double>::infinity();
+  at::Tensor out = at::where(pos, inf, at::where(neg, -inf, means));
+  return at::where(nan.logical_or(pos.logical_and(neg)), std::numeric_limits<double>::quiet_NaN(), out);
 }
 
 at::Tensor crop_saliency_backward_cpu(const at::Tensor& grad, const at::Tensor& boxes, int64_t H, int64_t W) {

@@ -8,24 +8,14 @@
 #include <algorithm>
 #include <array>
 
+#include "cpu/simd.h"
 #include "host/launch.h"
 #include "host/lmc_loss.h"
 
 namespace lmcl {
 namespace {
 
-// The element-wise passes are exp-bound. The library is built for baseline x86-64 (SSE2, 4 floats), so
-// on CPUs with AVX2 + FMA the same loops are also compiled 8 floats wide (flatten inlines the shared
-// row functions into the clone) and picked at run time. One machine always takes the same path, so
-// results stay bit-reproducible there.
-#if defined(__x86_64__) && defined(__GNUC__)
-#define LMCL_HAS_AVX2_CLONE 1
-#define LMCL_AVX2_CLONE __attribute__((target("avx2,fma"), flatten))
-bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
-#endif
+// The element-wise passes are exp-bound: cpu/simd.h picks the AVX2 clone of them where the CPU has it.
 
 template <class Body>
 void items_baseline(const typename Body::Params& p, int64_t begin, int64_t end) {
@@ -44,18 +34,23 @@ LMCL_AVX2_CLONE void items_avx2(const typename Body::Params& p, int64_t begin, i
 #endif
 
 struct CpuPasses {
-  // Row-major similarity tiles: each chunk's row loops run over contiguous memory and vectorise.
-  static constexpr bool kColumnMajorTiles = false;
   using Guard = NoDeviceGuard;
 
-  // ~32k scalar operations per chunk (ATen's GRAIN_SIZE), cost = operations per item.
-  static int64_t grain(int64_t cost) {
-    return std::max<int64_t>(1, 32768 / std::max<int64_t>(cost, 1));
+  // A pass of fewer operations than this runs on the calling thread: at M = 512 a step has ~a dozen
+  // sub-millisecond passes, and each parallel region waits for its slowest thread, which on a busy
+  // machine may be descheduled for a whole time slice.
+  static constexpr int64_t kSerialWork = int64_t(1) << 22;
+
+  // ~32k scalar operations per chunk (ATen's GRAIN_SIZE), cost = operations per item; one chunk when
+  // the whole pass is below kSerialWork.
+  static int64_t grain(int64_t items, int64_t cost) {
+    cost = std::max<int64_t>(cost, 1);
+    return items * cost < kSerialWork ? std::max<int64_t>(items, 1) : std::max<int64_t>(1, 32768 / cost);
   }
 
   template <class Body>
   void for_each(const typename Body::Params& p, int64_t items, int64_t cost) {
-    at::parallel_for(0, items, grain(cost), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, items, grain(items, cost), [&](int64_t begin, int64_t end) {
 #ifdef LMCL_HAS_AVX2_CLONE
       if (cpu_has_avx2()) {
         items_avx2<Body>(p, begin, end);

@@ -1,7 +1,8 @@
 // lmc_loss and its backward on CUDA: the entries of host/lmc_loss.h with GridPasses<CudaGridLauncher>.
-// GEMMs by at::mm (cuBLAS, in full float32: torch's default has TF32 off); the element-wise passes are
-// launched over the bodies of kernels/lmc_loss_bodies.h on the current stream. No atomics: every thread owns
-// its outputs, so results are deterministic.
+// GEMMs by at::mm (cuBLAS, in full float32 under at::NoTF32Guard whatever the caller's TF32 setting); the
+// element-wise passes are launched over the bodies of kernels/lmc_loss_bodies.h on the current stream, a
+// warp per row for the normalisation and the forward's LSE. No atomics: every output has one owner and every
+// reduction a fixed order, so results are deterministic.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 

@@ -1,8 +1,8 @@
-// The one launcher interface (launcher(Body{}, params, items)) and the launch defaults (GridShape).
-// Plain C++, compiled by g++ too. A launcher runs the kernel Body over a grid-stride loop covering `items`:
-// CudaGridLauncher (csrc/cuda/launch.cuh) on the GPU, HostGridLauncher
-// (python_tests/grid_runner/grid_runner.h) on the CPU in the tests. Both size the grid with GridShape and
-// name the device guard a call holds (Guard).
+// The one launcher interface (launcher(Body{}, params, items); launcher.rows(Body{}, params) for row-group
+// bodies, kernels/row_groups.h) and the launch defaults (GridShape). Plain C++, compiled by g++ too. A
+// launcher runs the kernel Body over a grid-stride loop covering `items`, or a group of threads per row:
+// CudaGridLauncher (csrc/cuda/launch.cuh) on the GPU, HostGridLauncher (python_tests/grid_runner/grid_runner.h)
+// on the CPU in the tests. Both size the grid with GridShape and name the device guard a call holds (Guard).
 #pragma once
 
 #include <c10/core/Device.h>
@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "kernels/common.h"
+#include "kernels/row_groups.h"
 
 namespace lmcl {
 
@@ -30,6 +31,14 @@ struct GridShape {
   LaunchConfig cover(int64_t items) const {
     const int64_t wanted = items <= 0 ? 0 : ceil_div<int64_t>(items, threads);
     return LaunchConfig{wanted < max_blocks ? wanted : max_blocks, threads};
+  }
+
+  // A row-group launch (kernels/row_groups.h): threads rounded up to whole groups of kRowLanes, a group per
+  // row, capped at max_blocks (each group's grid-stride loop covers the rest).
+  LaunchConfig cover_rows(int64_t rows) const {
+    const int64_t group_threads = ceil_div<int64_t>(threads > 0 ? threads : 1, kRowLanes) * kRowLanes;
+    const int64_t wanted = rows <= 0 ? 0 : ceil_div<int64_t>(rows, group_threads / kRowLanes);
+    return LaunchConfig{wanted < max_blocks ? wanted : max_blocks, group_threads};
   }
 };
 

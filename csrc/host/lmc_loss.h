@@ -134,16 +134,9 @@ inline at::Tensor tile_view(at::Tensor& buffer, int64_t rows, int64_t cols) {
   return buffer.narrow(0, 0, rows * cols).view({rows, cols});
 }
 
-// The forward's similarity tile S = Q K^T [rows, keys] in `buffer`. Passes whose forward row pass
-// wants column-major tiles (GridPasses: one GPU thread per row, so a warp then reads neighbouring
-// elements) get S^T computed row-major and returned transposed; the CPU's row loops want row-major.
-template <typename Passes>
-at::Tensor similarity_tile(at::Tensor& buffer, const at::Tensor& q, const at::Tensor& k) {
-  if constexpr (Passes::kColumnMajorTiles) {
-    at::Tensor st = tile_view(buffer, k.size(0), q.size(0));
-    at::mm_out(st, k, q.t());
-    return st.t();
-  }
+// The forward's similarity tile S = Q K^T [rows, keys] in `buffer`, row-major: the CPU's row loops run over
+// contiguous memory, and the GPU's row groups read neighbouring keys of a row in neighbouring lanes.
+inline at::Tensor similarity_tile(at::Tensor& buffer, const at::Tensor& q, const at::Tensor& k) {
   at::Tensor s = tile_view(buffer, q.size(0), k.size(0));
   at::mm_out(s, q, k.t());
   return s;
@@ -179,12 +172,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lmc_loss_forward_tile
   const int64_t* anchor_ptr = anchor_idx.data_ptr<int64_t>();
   for (int64_t c0 = 0; c0 < Mk; c0 += T) {
     const int64_t tc = std::min(T, Mk - c0);
-    at::Tensor s = similarity_tile<Passes>(man_buf, n.q, n.kt.narrow(0, c0, tc));
+    at::Tensor s = similarity_tile(man_buf, n.q, n.kt.narrow(0, c0, tc));
     passes.template for_each<LseTileBody<acc_t>>(
         {tile_params<acc_t>(s, c0, N, o, nullptr), man_max.data_ptr<acc_t>(), man_sum.data_ptr<acc_t>(),
          man_same.data_ptr<acc_t>()},
         Mq, 8 * tc);
-    at::Tensor sc = similarity_tile<Passes>(clu_buf, n.anchors, n.kz.narrow(0, c0, tc));
+    at::Tensor sc = similarity_tile(clu_buf, n.anchors, n.kz.narrow(0, c0, tc));
     passes.template for_each<LseTileBody<acc_t>>(
         {tile_params<acc_t>(sc, c0, N, o, anchor_ptr), clu_max.data_ptr<acc_t>(), clu_sum.data_ptr<acc_t>(),
          clu_same.data_ptr<acc_t>()},
@@ -294,11 +287,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lmc_loss_backward_tiled(
 }
 
 // Every backend's entry point (and the grid runner) runs the tile loop through these two, in z's
-// accumulation type: float64 for float64 inputs (gradcheck), float32 otherwise.
+// accumulation type: float64 for float64 inputs (gradcheck), float32 otherwise. The GEMMs run in full
+// float32 whatever the caller allowed for its own matmuls (torch.backends.cuda.matmul.allow_tf32,
+// set_float32_matmul_precision("high")): TF32 rounds the similarities to ~1e-3, which 1/tau magnifies far
+// beyond the loss's tolerance. at::NoTF32Guard is ATen's thread-local switch for this; it leaves the
+// caller's settings untouched and ends with the call.
 template <typename Passes>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lmc_loss_forward(
     Passes& passes, const at::Tensor& z, const at::Tensor& anchor_idx, const at::Tensor& z_keys,
     const at::Tensor& teacher_keys, const LmcOptions& o) {
+  const at::NoTF32Guard full_float32_gemms;
   if (acc_type_of(z) == at::kDouble) {
     return lmc_loss_forward_tiled<double>(passes, z, anchor_idx, z_keys, teacher_keys, o);
   }
@@ -311,6 +309,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lmc_loss_backward(
     const at::Tensor& z_keys, const at::Tensor& teacher_keys, const at::Tensor& cluster_lse,
     const at::Tensor& cluster_logits, const at::Tensor& manifold_lse, const LmcOptions& o,
     std::array<bool, 3> output_mask) {
+  const at::NoTF32Guard full_float32_gemms;
   if (acc_type_of(z) == at::kDouble) {
     return lmc_loss_backward_tiled<double>(passes, grad, z, anchor_idx, z_keys, teacher_keys, cluster_lse,
                                            cluster_logits, manifold_lse, o, output_mask);
@@ -322,16 +321,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lmc_loss_backward(
 // The element-wise passes as grid launches (CUDA entry, grid runner). Launcher: csrc/host/launch.h.
 template <typename Launcher>
 struct GridPasses {
-  // The forward's row pass reads its tiles column-major (see similarity_tile).
-  static constexpr bool kColumnMajorTiles = true;
   using Guard = typename Launcher::Guard;
   Launcher launcher;
 
-  // Row passes: one thread per item (row), grid-stride over the rest. Coalesced where it matters: the
-  // forward tile pass reads column-major tiles (neighbouring rows adjacent in memory).
+  // Row passes: a warp per row for the row-group bodies (normalisation, the forward's LSE: long rows read
+  // by neighbouring lanes, coalesced), else one thread per row (short rows of N values); grid-stride over
+  // the rest.
   template <class Body>
   void for_each(const typename Body::Params& p, int64_t items, int64_t /*cost*/) {
-    launcher(Body{}, p, items);
+    if constexpr (is_row_group_body<Body>::value) {
+      launcher.rows(Body{}, p);
+    } else {
+      launcher(Body{}, p, items);
+    }
   }
 
   // The backward tile pass: one thread per tile element, so neighbouring threads touch neighbouring

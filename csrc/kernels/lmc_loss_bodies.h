@@ -12,13 +12,16 @@
 #include "kernels/lmc_loss_lse.h"
 #include "kernels/lmc_loss_mask.h"
 #include "kernels/normalize.h"
+#include "kernels/row_groups.h"
 
 namespace lmcl {
 namespace lmc {
 
-// Every body has item(params, i) for one item and run(params, grid) = a grid-stride loop over
-// the items: the CUDA launcher and the grid-runner test call run, the CPU kernel calls item inside
-// at::parallel_for (and GradTileBody::row, the vectorisable row form of the same per-pair math).
+// Every body has item(params, i) for one item, which the CPU kernel calls inside at::parallel_for (and
+// GradTileBody::row, the vectorisable row form of the same per-pair math). The GPU (and the grid runner)
+// run the per-element bodies with run(params, grid) = a grid-stride loop over the items, and the bodies
+// whose rows are long (normalisation over D, the forward's LSE over a tile's keys) as row groups
+// (kernels/row_groups.h): one warp per row, each lane a strided share of the row, combined by shuffles.
 
 #define LMCL_GRID_STRIDE_RUN(count)                                   \
   static LMCL_HD void run(const Params& p, GridIndex g) {             \
@@ -26,7 +29,13 @@ namespace lmc {
     for (int64_t i = g.first(); i < n; i += g.stride()) item(p, i);   \
   }
 
-// Embeddings [B, N, D] (strided) -> normalised rows [B*N, D] contiguous. One item = one row.
+// A row-group State of one sum (combined by addition).
+template <typename acc_t>
+struct RowSum {
+  acc_t sum;
+};
+
+// Embeddings [B, N, D] (strided) -> normalised rows [B*N, D] contiguous. A row group per row.
 template <typename scalar_t, typename acc_t>
 struct NormalizeBody {
   struct Params {
@@ -36,10 +45,19 @@ struct NormalizeBody {
     acc_t eps;
     acc_t* out;
   };
-  static LMCL_HD void item(const Params& p, int64_t r) {
-    normalize_row(p.x + (r / p.N) * p.stride_b + (r % p.N) * p.stride_n, p.stride_d, p.D, p.eps, p.out + r * p.D);
+  using State = RowSum<acc_t>;
+  static LMCL_HD const scalar_t* row_ptr(const Params& p, int64_t r) {
+    return p.x + (r / p.N) * p.stride_b + (r % p.N) * p.stride_n;
   }
-  LMCL_GRID_STRIDE_RUN(p.rows)
+  static LMCL_HD int64_t rows(const Params& p) { return p.rows; }
+  static LMCL_HD State partial(const Params& p, int64_t r, int lane, int lanes) {
+    return State{normalize_partial<scalar_t, acc_t>(row_ptr(p, r), p.stride_d, p.D, lane, lanes)};
+  }
+  static LMCL_HD State combine(const State& a, const State& b) { return State{a.sum + b.sum}; }
+  static LMCL_HD void finish(const Params& p, int64_t r, int lane, int lanes, const State& total) {
+    normalize_finish(row_ptr(p, r), p.stride_d, p.D, p.eps, total.sum, lane, lanes, p.out + r * p.D);
+  }
+  static LMCL_HD void item(const Params& p, int64_t r) { run_row_serial<NormalizeBody>(p, r); }
 };
 
 // A tile of similarities [rows, cols] (leading dimension ld) against key rows col0..col0+cols.
@@ -52,8 +70,10 @@ struct TileParams {
   acc_t inv_tau, self_log_w, same_log_w;
 };
 
-// Forward: online LSE of every row over this tile. One item = one row (the GPU's tiles are
-// column-major so that this is coalesced; see UnitCols / StridedCols).
+// Forward: online LSE of every row over this tile. On the CPU one item = one row (lse_tile_row, whose
+// loops vectorise); on the GPU a row group per row: lane l takes the keys l, l + 32, ... of the row
+// (neighbouring lanes read neighbouring similarities of a row-major tile), keeps its own running LSE
+// (lse_add), and lane 0 merges the lanes' total into the row's running state (lse_union).
 template <typename acc_t>
 struct LseTileBody {
   struct Params {
@@ -62,6 +82,30 @@ struct LseTileBody {
     acc_t* run_sum;     // [rows]
     acc_t* same_logit;  // [rows, N]
   };
+  using State = LseState<acc_t>;
+  static LMCL_HD int64_t rows(const Params& p) { return p.t.rows; }
+  static LMCL_HD State partial(const Params& p, int64_t r, int lane, int lanes) {
+    const RowPlace place = row_place(r, p.t.N, p.t.key_offset, p.t.anchor_idx);
+    const acc_t* s = p.t.s + r * p.t.ld;
+    State st{neg_inf<acc_t>(), acc_t(0)};
+    for (int64_t j = lane; j < p.t.cols; j += lanes) {
+      const int64_t col = p.t.col0 + j;
+      const acc_t logit = s[j * p.t.cs] * p.t.inv_tau;
+      if (col >= place.same_lo && col < place.same_lo + p.t.N) {
+        p.same_logit[r * p.t.N + col - place.same_lo] = logit;  // the row's own-image keys: each lane its own
+      }
+      lse_add(st, logit + pair_log_weight(col, place, p.t.N, p.t.self_log_w, p.t.same_log_w));
+    }
+    return st;
+  }
+  static LMCL_HD State combine(const State& a, const State& b) { return lse_union(a, b); }
+  static LMCL_HD void finish(const Params& p, int64_t r, int lane, int /*lanes*/, const State& tile) {
+    if (lane == 0) {
+      const State run = lse_union(State{p.run_max[r], p.run_sum[r]}, tile);
+      p.run_max[r] = run.max;
+      p.run_sum[r] = run.sum;
+    }
+  }
   static LMCL_HD void item(const Params& p, int64_t r) {
     const RowPlace place = row_place(r, p.t.N, p.t.key_offset, p.t.anchor_idx);
     if (p.t.cs == 1) {
@@ -72,7 +116,6 @@ struct LseTileBody {
                    p.t.self_log_w, p.t.same_log_w, p.run_max[r], p.run_sum[r], p.same_logit + r * p.t.N);
     }
   }
-  LMCL_GRID_STRIDE_RUN(p.t.rows)
 };
 
 // Backward: similarity -> gradient coefficient, in place. One item = one tile element (coalesced
@@ -147,7 +190,7 @@ struct ClusterCoefBody {
 };
 
 // Gradient w.r.t. the raw embeddings [B, N, D] (written contiguous). The anchor rows (n == s_b) add
-// the cluster term's gradient anchor_grad[b] when given. One item = one row.
+// the cluster term's gradient anchor_grad[b] when given. A row group per row.
 template <typename scalar_t, typename acc_t>
 struct NormalizeBackwardBody {
   struct Params {
@@ -161,15 +204,27 @@ struct NormalizeBackwardBody {
     const acc_t* grad_out;     // scalar upstream gradient (read on the device: no host sync)
     scalar_t* out;             // [rows, D]
   };
-  static LMCL_HD void item(const Params& p, int64_t r) {
-    const int64_t b = r / p.N;
-    const int64_t n = r % p.N;
-    const bool anchor = p.anchor_grad != nullptr && n == clamp_value<int64_t>(p.anchor_idx[b], 0, p.N - 1);
-    normalize_row_backward(p.x + b * p.stride_b + n * p.stride_n, p.stride_d, p.D, p.eps, p.grad_hat + r * p.D,
-                           anchor ? p.anchor_grad + b * p.D : static_cast<const acc_t*>(nullptr), p.grad_out[0],
-                           p.out + r * p.D);
+  using State = NormalizeBackwardSums<acc_t>;
+  static LMCL_HD const scalar_t* row_ptr(const Params& p, int64_t r) {
+    return p.x + (r / p.N) * p.stride_b + (r % p.N) * p.stride_n;
   }
-  LMCL_GRID_STRIDE_RUN(p.rows)
+  // The cluster term's gradient when row r is its image's anchor crop, else null.
+  static LMCL_HD const acc_t* anchor_row(const Params& p, int64_t r) {
+    const int64_t b = r / p.N;
+    const bool anchor = p.anchor_grad != nullptr && r % p.N == clamp_value<int64_t>(p.anchor_idx[b], 0, p.N - 1);
+    return anchor ? p.anchor_grad + b * p.D : nullptr;
+  }
+  static LMCL_HD int64_t rows(const Params& p) { return p.rows; }
+  static LMCL_HD State partial(const Params& p, int64_t r, int lane, int lanes) {
+    return normalize_backward_partial(row_ptr(p, r), p.stride_d, p.D, p.grad_hat + r * p.D, anchor_row(p, r), lane,
+                                      lanes);
+  }
+  static LMCL_HD State combine(const State& a, const State& b) { return State{a.sq + b.sq, a.dot + b.dot}; }
+  static LMCL_HD void finish(const Params& p, int64_t r, int lane, int lanes, const State& total) {
+    normalize_backward_finish(row_ptr(p, r), p.stride_d, p.D, p.eps, p.grad_hat + r * p.D, anchor_row(p, r),
+                              p.grad_out[0], total, lane, lanes, p.out + r * p.D);
+  }
+  static LMCL_HD void item(const Params& p, int64_t r) { run_row_serial<NormalizeBackwardBody>(p, r); }
 };
 
 #undef LMCL_GRID_STRIDE_RUN

@@ -9,9 +9,8 @@
 namespace lmcl {
 namespace lmc {
 
-// Offset of column j within a tile row: unit stride (the CPU's row-major tiles, whose row loops
-// vectorise) or a run-time stride (the GPU's column-major tiles: one thread per row, so a warp reads
-// 32 neighbouring elements of each column, coalesced).
+// Offset of column j within a tile row: unit stride (row-major tiles, whose row loops vectorise on the
+// CPU) or a run-time stride (any other tile layout).
 struct UnitCols {
   LMCL_HD int64_t operator()(int64_t j) const { return j; }
 };
@@ -64,6 +63,38 @@ LMCL_HD inline void lse_tile_row(const acc_t* s, Cols off, int64_t cols, int64_t
   }
   run_sum = run_sum * exp_acc(run_max - m) + sum;
   run_max = m;
+}
+
+// A running log-sum-exp: sum of exp(x - max) over a set of logits, and their max (-inf: an empty set). The
+// GPU's forward pass keeps one per lane (lse_add), then merges the lanes' and the row's (lse_union).
+template <typename acc_t>
+struct LseState {
+  acc_t max;
+  acc_t sum;
+};
+
+// Add one logit; -inf (a masked pair) adds nothing. The first logit finds max = -inf: sum = 0 * 0 + 1.
+template <typename acc_t>
+LMCL_HD inline void lse_add(LseState<acc_t>& st, acc_t x) {
+  if (x > st.max) {
+    st.sum = st.sum * exp_acc(st.max - x) + acc_t(1);
+    st.max = x;
+  } else if (x != neg_inf<acc_t>()) {
+    st.sum += exp_acc(x - st.max);
+  }
+}
+
+// The state of the union of two sets.
+template <typename acc_t>
+LMCL_HD inline LseState<acc_t> lse_union(const LseState<acc_t>& a, const LseState<acc_t>& b) {
+  if (b.max == neg_inf<acc_t>()) {
+    return a;
+  }
+  if (a.max == neg_inf<acc_t>()) {
+    return b;
+  }
+  const acc_t m = a.max > b.max ? a.max : b.max;
+  return LseState<acc_t>{m, a.sum * exp_acc(a.max - m) + b.sum * exp_acc(b.max - m)};
 }
 
 // Row losses once every key tile has been seen. Manifold row: lse - positive logit. Cluster row i

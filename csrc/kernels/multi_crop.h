@@ -10,18 +10,6 @@
 
 namespace lmcl {
 
-// Compute type of the forward. float32 output: float math meets SPEC's 1e-5 with ~100x margin.
-// fp16/bf16 output: SPEC allows one ulp of the rounded reference, and where (v - mean) cancels to near
-// zero that ulp is far below float32's rounding of v (~6e-8 at v = 0.5), so the math runs in double.
-template <typename out_t>
-struct MultiCropAcc {
-  using type = double;
-};
-template <>
-struct MultiCropAcc<float> {
-  using type = float;
-};
-
 // Two source indices (relative to the crop) and their weights for one output index along one axis.
 template <typename acc_t>
 struct CropTap {
@@ -57,15 +45,23 @@ LMCL_HD inline CropTap<acc_t> crop_tap(int64_t dst, int64_t in_size, int64_t out
   return CropTap<acc_t>{i0, i1, acc_t(1) - l1, l1};
 }
 
+// One bilinear step along one axis: l0 * a + l1 * b. Every kernel resamples rows first, then columns.
+template <typename acc_t>
+LMCL_HD inline acc_t tap_mix(const CropTap<acc_t>& t, acc_t a, acc_t b) {
+  return t.l0 * a + t.l1 * b;
+}
+
 // Box bn of the contiguous int64 [B*N, 4] table, clamped to at least one pixel of the H x W image
 // (kernels/boxes.h): valid boxes pass unchanged; the clamp only keeps an unchecked box's reads in range.
 LMCL_HD inline Box crop_source_box(const int64_t* boxes, int64_t bn, int64_t H, int64_t W) {
   return nonempty_box(read_box(boxes + 4 * bn, 1), H, W);
 }
 
+// The math runs in float32 for every output dtype: SPEC §1.1 allows fp16/bf16 output one ulp of the
+// rounded reference plus 1e-5/std[c], and float32 math is ~1e-7 off the exact value.
 template <typename in_t, typename out_t>
 struct MultiCropParams {
-  using acc_t = typename MultiCropAcc<out_t>::type;
+  using acc_t = float;
   const in_t* images;          // read through strides (batch, channel, row, column)
   int64_t s_b, s_c, s_y, s_x;
   int64_t B, N, C, H, W;
@@ -91,40 +87,19 @@ LMCL_HD inline CropTap<acc_t> crop_col_tap(int64_t x, bool flipped, int64_t widt
 
 // One output pixel, all kC channels. r0, r1: the two source rows at the crop's left edge; o: the
 // channel-0 output element, channels `plane` apart.
-// v = ly0 * (lx0 * p00 + lx1 * p01) + ly1 * (lx0 * p10 + lx1 * p11); out = v * scale[c] + shift[c].
-template <int kC, typename in_t, typename out_t, typename acc_t>
+// out = (lx0 * (ly0 * p00 + ly1 * p10) + lx1 * (ly0 * p01 + ly1 * p11)) * scale[c] + shift[c].
+template <int kC, typename in_t, typename out_t>
 LMCL_HD inline void multi_crop_pixel(const in_t* r0, const in_t* r1, int64_t s_c, int64_t s_x,
-                                     const CropTap<acc_t>& ty, const CropTap<acc_t>& tx, const acc_t* scale,
-                                     const acc_t* shift, out_t* o, int64_t plane) {
+                                     const CropTap<float>& ty, const CropTap<float>& tx, const float* scale,
+                                     const float* shift, out_t* o, int64_t plane) {
   const int64_t x0 = tx.i0 * s_x;
   const int64_t x1 = tx.i1 * s_x;
   for (int c = 0; c < kC; ++c) {
     const int64_t oc = c * s_c;
-    const acc_t top = tx.l0 * static_cast<acc_t>(r0[x0 + oc]) + tx.l1 * static_cast<acc_t>(r0[x1 + oc]);
-    const acc_t bot = tx.l0 * static_cast<acc_t>(r1[x0 + oc]) + tx.l1 * static_cast<acc_t>(r1[x1 + oc]);
-    const acc_t v = ty.l0 * top + ty.l1 * bot;
+    const float left = tap_mix(ty, static_cast<float>(r0[x0 + oc]), static_cast<float>(r1[x0 + oc]));
+    const float right = tap_mix(ty, static_cast<float>(r0[x1 + oc]), static_cast<float>(r1[x1 + oc]));
     // out_t is constructible from float on host and device (c10::Half / c10::BFloat16).
-    o[c * plane] = static_cast<out_t>(static_cast<float>(v * scale[c] + shift[c]));
-  }
-}
-
-// One output row (row = (b * N + n) * out_h + y); col_taps: this crop's out_w column taps (flip applied).
-// The CPU kernel precomputes col_taps once per crop and reuses them for every row and channel.
-template <int kC, typename in_t, typename out_t>
-LMCL_HD inline void multi_crop_row(const MultiCropParams<in_t, out_t>& p, int64_t row,
-                                   const CropTap<typename MultiCropParams<in_t, out_t>::acc_t>* col_taps) {
-  using acc_t = typename MultiCropParams<in_t, out_t>::acc_t;
-  const int64_t y = row % p.out_h;
-  const int64_t bn = row / p.out_h;
-  const Box box = crop_source_box(p.boxes, bn, p.H, p.W);
-  const CropTap<acc_t> ty = crop_tap<acc_t>(y, box.height, p.out_h);
-  const in_t* base = p.images + (bn / p.N) * p.s_b + box.left * p.s_x;
-  const in_t* r0 = base + (box.top + ty.i0) * p.s_y;
-  const in_t* r1 = base + (box.top + ty.i1) * p.s_y;
-  const int64_t plane = p.out_h * p.out_w;
-  out_t* o = p.out + bn * p.C * plane + y * p.out_w;
-  for (int64_t x = 0; x < p.out_w; ++x) {
-    multi_crop_pixel<kC>(r0, r1, p.s_c, p.s_x, ty, col_taps[x], p.scale, p.shift, o + x, plane);
+    o[c * plane] = static_cast<out_t>(tap_mix(tx, left, right) * scale[c] + shift[c]);
   }
 }
 
@@ -172,8 +147,7 @@ struct MultiCropBody {
 
 // ---- backward: the adjoint of the bilinear resample (float32 images only) ----
 
-// Add v to *dst: an atomic add on the GPU, a plain add on the host (the CPU kernel gives each thread its
-// own image planes, and the grid runner is serial).
+// Add v to *dst: an atomic add on the GPU, a plain add on the host (the grid runner is serial).
 LMCL_HD inline void accumulate(float* dst, float v) {
 #if defined(__CUDA_ARCH__)
   atomicAdd(dst, v);
@@ -209,24 +183,6 @@ struct MultiCropBackwardParams {
 template <typename g_t>
 LMCL_HD inline bool crop_flipped(const MultiCropBackwardParams<g_t>& p, int64_t bn) {
   return p.flip != nullptr && p.flip[(bn / p.N) * p.flip_sb + (bn % p.N) * p.flip_sn];
-}
-
-// All output pixels of crop bn, channel c, scattered into the grad-image plane of that channel.
-template <typename g_t>
-LMCL_HD inline void multi_crop_plane_backward(const MultiCropBackwardParams<g_t>& p, int64_t bn, int64_t c) {
-  const Box box = crop_source_box(p.boxes, bn, p.H, p.W);
-  const bool flipped = crop_flipped(p, bn);
-  const g_t* go = p.grad + (bn * p.C + c) * p.out_h * p.out_w;
-  float* base = p.grad_images + ((bn / p.N) * p.C + c) * p.H * p.W + box.left;
-  for (int64_t y = 0; y < p.out_h; ++y) {
-    const CropTap<float> ty = crop_tap<float>(y, box.height, p.out_h);
-    float* r0 = base + (box.top + ty.i0) * p.W;
-    float* r1 = base + (box.top + ty.i1) * p.W;
-    for (int64_t x = 0; x < p.out_w; ++x) {
-      const float g = static_cast<float>(go[y * p.out_w + x]) * p.scale[c];
-      multi_crop_tap_backward(r0, r1, ty, crop_col_tap<float>(x, flipped, box.width, p.out_w), g);
-    }
-  }
 }
 
 // The CUDA launch of the backward: one thread per output pixel (all channels), atomics into grad_images.

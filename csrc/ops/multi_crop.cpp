@@ -17,6 +17,11 @@ void check_channel_values(const char* op, const char* name, const std::optional<
   if (values.has_value()) {
     TORCH_CHECK_VALUE(static_cast<int64_t>(values->size()) == channels, op, ": ", name,
                       " must have one value per channel (C = ", channels, "), got ", values->size(), " values");
+    // A NaN or Inf normalisation constant would turn every output value of its channel into NaN, 0 or Inf.
+    for (size_t c = 0; c < values->size(); ++c) {
+      TORCH_CHECK_VALUE(std::isfinite((*values)[c]), op, ": ", name, " must be finite for every channel, got ",
+                        name, "[", c, "] = ", (*values)[c]);
+    }
   }
 }
 

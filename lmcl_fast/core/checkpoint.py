@@ -49,14 +49,22 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_atomic(obj: dict, path: str) -> None:
-    """torch.save to path.tmp, fsync, then os.replace: a crash mid-write never leaves a torn checkpoint."""
+    """torch.save to path.tmp, fsync, then os.replace: a crash mid-write never leaves a torn checkpoint. A failed
+    write (full disk, read-only folder) removes the partial path.tmp and raises the OSError; path is untouched."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def load_safe(path: str, what: str = "checkpoint") -> object:

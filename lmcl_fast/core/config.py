@@ -30,16 +30,21 @@ class TrainConfig:
     splits: int = _f(10, "number of random content-aware train/test splits (one training run each)")
     split_seed: int = _f(0, "seed of the random splits")
     train_frac: float = _f(0.8, "fraction of reference contents in the training part of each split")
+    holdout_types: str = _f("", "comma-separated distortion types left out of training; each split's test part "
+                            "keeps only those types and the pristine images (needs a type column or "
+                            "<ref>__<type>_<level> names, as make-synthetic writes)")
     num_workers: int = _f(2, "data loader worker processes")
     decoder: str = _f("auto", "image decoder (auto: DALI on CUDA when installed, else Pillow)",
                       ("auto", "pillow", "dali"))
     # model
-    arch: str = _f("resnet18", "backbone", ("tiny", "resnet18", "resnet50"))
-    weights: str = _f("", "torchvision-format ResNet state_dict file to initialise the backbone(s)")
+    arch: str = _f("resnet18", "backbone", ("tiny", "resnet18", "resnet50", "vit_s16"))
+    weights: str = _f("", "weight file to initialise the backbone(s): a torchvision ResNet state_dict, or a timm "
+                      "vit_small_patch16_224 / DeiT-S one for vit_s16 (the classifier is dropped)")
     embed_dim: int = _f(128, "contrastive embedding size D")
     proj_hidden: int = _f(512, "hidden width of the projection MLP")
     head_hidden: int = _f(128, "hidden width of the saliency and quality MLPs")
-    mutual: str = _f("peer", "second branch: a peer network trained alongside, or an EMA teacher", ("peer", "ema"))
+    mutual: str = _f("peer", "second branch: a peer network trained alongside, an EMA teacher, or none (one network, "
+                     "its own detached embeddings as the lmc_loss teacher, no KL term)", ("peer", "ema", "none"))
     ema_momentum: float = _f(0.996, "EMA teacher momentum (mutual=ema)")
     batch_norm: str = _f("auto", "BatchNorm training: sync = SyncBatchNorm over the ranks (CUDA), local = each "
                          "process's own batch, frozen = running statistics (no batch dependence); auto = sync "
@@ -61,6 +66,8 @@ class TrainConfig:
     tau: float = _f(0.1, "lmc_loss temperature")
     intra_weight: float = _f(0.5, "lmc_loss weight of the intra-class (same image) negatives")
     manifold_weight: float = _f(1.0, "lmc_loss weight of the local-manifold term")
+    anchor: str = _f("salient", "lmc_loss anchor: the most salient crop, or a uniformly random one (ablation)",
+                     ("salient", "random"))
     kl_temperature: float = _f(1.0, "temperature of the softmax over crop saliency scores")
     prior_weight: float = _f(1.0, "weight of the spectral-residual saliency prior in the crop score")
     smoothl1_beta: float = _f(1.0, "SmoothL1 beta of the quality loss (normalised MOS units)")
@@ -81,6 +88,10 @@ class TrainConfig:
     device: str = _f("auto", "cpu, cuda, cuda:N or auto (cuda when available)")
     log_every: int = _f(10, "steps between reads of the on-device loss sums (log, non-finite check)")
     save_every: int = _f(0, "steps between mid-epoch checkpoints (0: a checkpoint after every epoch only)")
+    tensorboard: bool = _f(True, "write TensorBoard event files to split_XX/tensorboard (rank 0) when the "
+                           "tensorboard package is installed")
+    log_images: bool = _f(False, "record the images of every batch in split_XX/images_rankN.jsonl, N the rank "
+                          "(audit of the data order)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -13,6 +13,8 @@ import torch
 import torch.distributed as tdist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+from .._torch_compat import ddp_accepts_forward_sync_buffers
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -116,3 +118,23 @@ def broadcast_buffers_(module: torch.nn.Module, dist: DistContext, src: int = 0)
         tdist.broadcast(flat, src=src, group=dist.group)
         for b, v in zip(bufs, _unflatten_dense_tensors(flat, bufs)):
             b.copy_(v)
+
+
+def wrap_ddp(module: torch.nn.Module, dist: DistContext, device: torch.device,
+             forward_sync_buffers: bool) -> torch.nn.Module:
+    """DistributedDataParallel over `dist.group`: rank 0's parameters and buffers at construction, and rank 0's
+    buffers again before every forward only when `forward_sync_buffers` (per-process BatchNorm statistics).
+
+    torch >= 2.13 says "no forward sync" with `forward_sync_buffers=False`; older releases only have
+    `broadcast_buffers=False`, which also leaves the buffers out of the construction-time sync, so there the
+    buffers are broadcast here first. The forward-sync case is every release's default and passes neither."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    kwargs = dict(device_ids=[device.index] if device.type == "cuda" else None, process_group=dist.group)
+    if not forward_sync_buffers:
+        if ddp_accepts_forward_sync_buffers(DistributedDataParallel):
+            kwargs["forward_sync_buffers"] = False
+        else:
+            broadcast_buffers_(module, dist)
+            kwargs["broadcast_buffers"] = False
+    return DistributedDataParallel(module, **kwargs)

@@ -2,10 +2,11 @@
 loaders."""
 from .collate import collate_padded, pad_images
 from .crops import random_crops
-from .dataset import IQADataset, SkippedItem, decode_image
+from .dataset import ImageTooLarge, IQADataset, SkippedItem, check_image_bytes, decode_image
 from .loader import dali_available, make_loader
 from .splits import random_splits
 from .synthetic import make_synthetic, synthetic_mos
 
-__all__ = ["IQADataset", "SkippedItem", "decode_image", "collate_padded", "pad_images", "make_loader",
-           "dali_available", "random_splits", "make_synthetic", "synthetic_mos", "random_crops"]
+__all__ = ["IQADataset", "ImageTooLarge", "SkippedItem", "check_image_bytes", "decode_image", "collate_padded",
+           "pad_images", "make_loader", "dali_available", "random_splits", "make_synthetic", "synthetic_mos",
+           "random_crops"]

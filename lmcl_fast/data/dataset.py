@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
+import struct
+import warnings
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 log = logging.getLogger("lmcl_fast.data")
 
@@ -44,6 +48,66 @@ def _pick(header: list, candidates: tuple, where: str, required: bool):
     return None
 
 
+class ImageTooLarge(ValueError):
+    """An image with more pixels than Pillow's decompression-bomb limit `PIL.Image.MAX_IMAGE_PIXELS`."""
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Pillow's 16-bit grey modes: convert("RGB") would clip them at 255, so they are scaled to 8 bits instead.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _png_crc_error(data: bytes) -> str | None:
+    """The first PNG chunk whose CRC is wrong, as a message (libpng, DALI's PNG decoder, rejects such a file;
+    Pillow does not check IDAT CRCs, so both decoders skip it only if this check runs). A truncated chunk is
+    left to the decoder, which reports truncation."""
+    pos = len(_PNG_SIGNATURE)
+    while pos + 12 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        end = pos + 8 + length
+        if end + 4 > len(data):
+            return None
+        if zlib.crc32(data[pos + 4:end]) != struct.unpack(">I", data[end:end + 4])[0]:
+            return f"PNG chunk {kind.decode('latin-1')!r} at byte {pos} has a bad CRC"
+        if kind == b"IEND":
+            return None
+        pos = end + 4
+    return None
+
+
+def check_image_bytes(data) -> None:
+    """Checks both decoders run on a file's bytes before decoding it: PNG chunk CRCs (ValueError), and the
+    pixel count from the header against `PIL.Image.MAX_IMAGE_PIXELS` (`ImageTooLarge`: a decompression bomb
+    is skipped before any pixel memory is allocated; set the limit to None to decode any size). Headers
+    Pillow cannot parse pass: the decoder then reports them."""
+    data = bytes(data)
+    if data.startswith(_PNG_SIGNATURE):
+        error = _png_crc_error(data)
+        if error:
+            raise ValueError(error)
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:  # reads the header only
+                width, height = im.size
+    except Image.DecompressionBombError as e:
+        raise ImageTooLarge(f"image too large to decode (decompression-bomb guard): {e}") from None
+    except Exception:  # noqa: BLE001  (not Pillow's to judge: the decoder reports it)
+        return
+    if limit and width * height > limit:
+        raise ImageTooLarge(f"image too large to decode (decompression-bomb guard): {width} x {height} = "
+                            f"{width * height} pixels > PIL.Image.MAX_IMAGE_PIXELS = {limit}")
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    if im.mode in _SIXTEEN_BIT_MODES:
+        # 16-bit grey (e.g. a 16-bit PNG) to 8 bits as DALI's decoder does: round(v * 255 / 65535).
+        v = np.asarray(im).astype(np.int64).clip(0, 65535)
+        grey = ((v * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    return np.asarray(im.convert("RGB"))
+
 def check_relative(name: str, where: str) -> None:
     """Refuse a dataset name that is absolute or leaves the image root (`..`): names come from label files
     that may not be trusted, and must not reach files outside the dataset."""
@@ -60,12 +124,24 @@ def check_relative(name: str, where: str) -> None:
 
 
 def decode_image(path: str) -> torch.Tensor:
-    """Decode one file with Pillow into uint8 [H, W, 3] (EXIF orientation applied, grey/palette/alpha images
-    converted to RGB, as DALI's decoder with output_type=RGB does). Raises OSError on unreadable data."""
-    with Image.open(path) as im:
-        im.load()  # full decode here, so truncated data raises (ImageFile.LOAD_TRUNCATED_IMAGES stays False)
-        im = ImageOps.exif_transpose(im)
-        rgb = np.asarray(im.convert("RGB"))
+    """Decode one file with Pillow into uint8 [H, W, 3] (EXIF orientation applied; grey, palette, alpha and
+    CMYK images converted to RGB, 16-bit images scaled to 8 bits, as DALI's decoder with output_type=RGB
+    does). Raises OSError or ValueError on unreadable data, `ImageTooLarge` (a ValueError) above
+    `PIL.Image.MAX_IMAGE_PIXELS` pixels."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if not data:
+        raise ValueError("empty file (0 bytes)")
+    check_image_bytes(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # check_image_bytes enforced the limit
+        try:
+            im = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise ValueError(f"not an image Pillow can read ({len(data)} bytes, starting {data[:8]!r})") from None
+        with im:
+            im.load()  # full decode here, so truncated data raises (ImageFile.LOAD_TRUNCATED_IMAGES stays False)
+            rgb = _to_rgb(ImageOps.exif_transpose(im))
     return torch.from_numpy(rgb.copy())
 
 

@@ -1,21 +1,22 @@
 """Data loaders over an `IQADataset`: a Pillow DataLoader path and an NVIDIA DALI path with the same order.
 
 Both paths yield the `collate_padded` dict and visit the rows in exactly the order of
-`torch.utils.data.DistributedSampler(dataset, world_size, rank, shuffle, seed)` at the current epoch
-(seeded permutation of `seed + epoch`, padded by repetition so every rank gets the same count), so a
-trainer sees identical batches whichever decoder runs.
+`torch.utils.data.DistributedSampler(dataset, world_size, rank, shuffle, seed, drop_last)` at the current
+epoch (seeded permutation of `seed + epoch`; every rank gets the same count), so a trainer sees identical
+batches whichever decoder runs. An epoch can start at any row of its order (a resume, on any number of
+processes).
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Sampler
 
 from .collate import collate_padded, pad_images
+from .dataset import check_image_bytes
 
 log = logging.getLogger("lmcl_fast.data")
 
@@ -52,14 +53,50 @@ def _batch_to(batch: dict, device: torch.device) -> dict:
     return out
 
 
-class _ShardSampler(DistributedSampler):
-    """DistributedSampler that can start an epoch part-way (a resume from a mid-epoch checkpoint): it
-    yields the rank's rows from position `start` on, without decoding the rows before it."""
+class _ShardSampler(Sampler):
+    """DistributedSampler's order, sharding and padding (`torch.utils.data.DistributedSampler(dataset,
+    num_replicas, rank, shuffle, seed, drop_last)` yields the same rows), started at a row of the epoch.
 
-    start = 0
+    Rank r's i-th row is order[start + r + i * num_replicas]: the k-th batches of all ranks together are rows
+    [start + k*G, start + (k+1)*G) of the epoch's order (G = num_replicas x batch size). `start` counts the rows
+    of the whole epoch already consumed, so a run resumed mid-epoch, on any number of processes, goes on at
+    the same row of the same permutation (nothing read twice, nothing skipped). drop_last: every rank gets
+    floor(rows left / num_replicas) rows (nothing repeated); otherwise ceil(...), padded by repetition."""
+
+    def __init__(self, dataset, num_replicas: int, rank: int, shuffle: bool, seed: int, drop_last: bool):
+        self.n = len(dataset)
+        self.num_replicas, self.rank = num_replicas, rank
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def epoch_order(self) -> list:
+        """Every row, in the epoch's order (the permutation of DistributedSampler: seeded with seed + epoch)."""
+        if not self.shuffle:
+            return list(range(self.n))
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def rows_per_rank(self, start: int = 0) -> int:
+        left, W = self.n - start, self.num_replicas
+        return left // W if self.drop_last else math.ceil(left / W)
+
+    def __len__(self) -> int:
+        return self.rows_per_rank(self.start)
 
     def __iter__(self):
-        return itertools.islice(super().__iter__(), self.start, None)
+        order = self.epoch_order()[self.start:]
+        W = self.num_replicas
+        if self.drop_last:
+            order = order[: len(order) // W * W]
+        elif order and len(order) % W:
+            pad = W - len(order) % W
+            order += (order * math.ceil(pad / len(order)))[:pad]
+        return iter(order[self.rank::W])
 
 
 class _Loader:
@@ -70,21 +107,28 @@ class _Loader:
         self.batch_size = batch_size
         self.device = device
         self.drop_last = drop_last
-        self.sampler = _ShardSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle,
-                                     seed=seed, drop_last=False)
+        self.world_size = world_size
+        # Sharded without padding when incomplete batches are dropped anyway: no row is read twice.
+        self.sampler = _ShardSampler(dataset, world_size, rank, shuffle, seed, drop_last)
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Pick the epoch's shuffle (the permutation is seeded with seed + epoch, as DistributedSampler does)
-        and skip its first `start_batch` batches."""
-        if not 0 <= int(start_batch) <= len(self):
-            raise ValueError(f"set_epoch: start_batch must lie in [0, {len(self)}], got {start_batch}")
+        and start at row `start` of it: the rows the whole run (all ranks) consumed before, e.g. a resume
+        from a mid-epoch checkpoint, on this or another number of processes."""
+        if not 0 <= int(start) <= len(self.dataset):
+            raise ValueError(f"set_epoch: start must lie in [0, {len(self.dataset)}] (rows of the epoch), "
+                             f"got {start}")
         self.sampler.set_epoch(epoch)
-        self.sampler.start = int(start_batch) * self.batch_size
+        self.sampler.start = int(start)
+
+    def batches(self, start: int = 0) -> int:
+        """Batches this rank yields in an epoch started at row `start` (see set_epoch)."""
+        n = self.sampler.rows_per_rank(start)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __len__(self) -> int:
         """Batches per full epoch on this rank."""
-        n = self.sampler.num_samples
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return self.batches(0)
 
 
 class PillowLoader(_Loader):
@@ -93,15 +137,17 @@ class PillowLoader(_Loader):
 
     decoder = "pillow"
 
-    def __init__(self, dataset, batch_size, shuffle, seed, num_workers, device, rank, world_size, drop_last):
+    def __init__(self, dataset, batch_size, shuffle, seed, num_workers, device, rank, world_size, drop_last,
+                 host_batches=False):
         super().__init__(dataset, batch_size, shuffle, seed, device, rank, world_size, drop_last)
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, num_workers=num_workers,
                                  collate_fn=collate_padded, pin_memory=device.type == "cuda", drop_last=drop_last,
                                  persistent_workers=num_workers > 0)
+        self.target = torch.device("cpu") if host_batches else device
 
     def __iter__(self):
         for batch in self.loader:
-            yield _batch_to(batch, self.device)
+            yield _batch_to(batch, self.target)
 
 
 # File signatures of the formats DALI's image decoder reads. Bytes that match none of them are reported as
@@ -130,8 +176,10 @@ class DaliLoader(_Loader):
 
     decoder = "dali"
 
-    def __init__(self, dataset, batch_size, shuffle, seed, num_workers, device, rank, world_size, drop_last):
+    def __init__(self, dataset, batch_size, shuffle, seed, num_workers, device, rank, world_size, drop_last,
+                 host_batches=False):
         super().__init__(dataset, batch_size, shuffle, seed, device, rank, world_size, drop_last)
+        self.meta_device = torch.device("cpu") if host_batches else device
         self.num_threads = max(1, num_workers)
         if device.type == "cuda":
             self.device_id = device.index if device.index is not None else torch.cuda.current_device()
@@ -191,6 +239,11 @@ class DaliLoader(_Loader):
             if not _known_format(raw):
                 self._skip(skipped, i, "not a known image format")
                 continue
+            try:
+                check_image_bytes(raw)  # bad PNG CRCs and decompression bombs, before DALI allocates anything
+            except ValueError as e:
+                self._skip(skipped, i, str(e))
+                continue
             kept.append(i)
             data.append(raw)
         if not kept:
@@ -202,8 +255,7 @@ class DaliLoader(_Loader):
                 self._pipe = None  # a failed DALI pipeline is no longer valid
                 images, heights, widths, kept = self._decode_one_by_one(kept, data, skipped)
         rows = np.asarray(kept, dtype=np.int64)
-        return _batch_to(dict(
-            images=images,
+        meta = _batch_to(dict(
             heights=heights,
             widths=widths,
             mos=torch.from_numpy(self.dataset.mos[rows].astype(np.float32)),
@@ -211,7 +263,8 @@ class DaliLoader(_Loader):
             names=[self.dataset.names[i] for i in kept],
             skipped=[name for name, _ in skipped],
             skip_reasons=[reason for _, reason in skipped],
-        ), self.device)
+        ), self.meta_device)
+        return dict(images=images.to(self.device), **meta)
 
     def _decode_one_by_one(self, kept: list, data: list, skipped: list):
         good_rows, good_images = [], []
@@ -237,18 +290,20 @@ class DaliLoader(_Loader):
 
 
 def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, num_workers: int = 2, decoder: str = "auto",
-                device="cpu", rank: int = 0, world_size: int = 1, drop_last: bool = False):
+                device="cpu", rank: int = 0, world_size: int = 1, drop_last: bool = False, host_batches: bool = False):
     """An iterable over `collate_padded` batches of `dataset`, with `len()` (batches per epoch on this rank) and
-    `set_epoch(epoch)`.
+    `set_epoch(epoch, start=0)`.
 
     decoder: "pillow" (torch DataLoader, Pillow in `num_workers` processes), "dali" (NVIDIA DALI with
     `num_workers` decoder threads; GPU decoding when `device` is CUDA), "auto" (DALI when it is importable and
     `device` is CUDA, else Pillow). Rows are sharded by `rank`/`world_size` and shuffled per epoch exactly as
-    DistributedSampler does (so every rank gets ceil(len / world_size) rows, the last few repeated when the
-    length does not divide). A batch's images are on `device`; its heights, widths, mos and index stay on the
-    host (pinned on CUDA), where the box sampler and the trainer read them without waiting for the GPU.
-    Unreadable files are listed by name in the batch's `skipped` (the reasons in `skip_reasons`) and left out
-    of it (B may be 0).
+    DistributedSampler does: every rank gets ceil(len / world_size) rows, the first few repeated when the
+    length does not divide, or with `drop_last` floor(len / world_size) rows, none repeated, and only whole
+    batches. A batch's images are on `device`; its heights, widths, mos and index stay on the host (pinned
+    on CUDA), where the box sampler and the trainer read them without waiting for the GPU. With
+    `host_batches` the images stay in host memory too (pinned when `device` is CUDA) for the caller to copy,
+    except DALI's images, decoded on `device`. Unreadable files are listed by name in the batch's `skipped`
+    (the reasons in `skip_reasons`) and left out of it (B may be 0).
     """
     if decoder not in DECODERS:
         raise ValueError(f"make_loader: decoder must be one of {DECODERS}, got {decoder!r}")
@@ -267,4 +322,4 @@ def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, num_worke
                            "(nvidia-dali-cuda130)")
     cls = DaliLoader if decoder == "dali" else PillowLoader
     return cls(dataset, int(batch_size), bool(shuffle), int(seed), int(num_workers), device, int(rank),
-               int(world_size), bool(drop_last))
+               int(world_size), bool(drop_last), host_batches=bool(host_batches))

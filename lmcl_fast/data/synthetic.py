@@ -1,19 +1,19 @@
 """A labelled synthetic IQA dataset made from pristine photos, so everything runs with no download.
 
 Every pristine photo `p` (its id `ref`: the path under `src` without extension, '/' replaced by '_') gives
-`1 + 5 * levels` images: `p` itself and each distortion type `d` at severity `level = 1..levels`:
+`1 + T * levels` images: `p` itself and each distortion type `d` of the chosen catalogue (T types) at severity
+`level = 1..levels`. Catalogues (data/distortions.py, parameters tabulated in the README):
 
-| type | parameter at t = level / levels | weight w_d |
-|---|---|---|
-| jpeg | JPEG quality round(60 - 55 t) (49, 38, 27, 16, 5 for 5 levels), stored as the .jpg file itself | 0.90 |
-| blur | Gaussian blur, sigma = 3.0 t * (short side / 256) pixels | 0.85 |
-| noise | additive Gaussian noise, sigma = 25 t (on 0..255), clipped | 0.80 |
-| contrast | Pillow ImageEnhance.Contrast factor 1 - 0.8 t | 0.60 |
-| saturation | Pillow ImageEnhance.Color factor 1 - t (t = 1: grey) | 0.50 |
+- `basic` (default, the demo's): jpeg, blur, noise, contrast, saturation.
+- `kadid`: the 25 distortion types of KADID-10k (Lin, Hosu and Saupe 2019), 5 levels each.
 
-Score rule (larger is better): `mos = 100 * (1 - w_d * level / (levels + 1))`, and 100 for the pristine photo.
-So scores fall strictly with severity within a type, and types that look worse at equal level fall faster.
-The noise is drawn from a generator seeded with (seed, crc32(ref), type, level): same seed, same files.
+Score rule (larger is better), the same for both catalogues: `mos = 100 * (1 - w_d * level / (levels + 1))` with
+the type's weight w_d, and 100 for the pristine photo. So scores fall strictly with severity within a type, and
+types that look worse at equal level fall faster. It is a monotone rule, not a human rating: across types the
+ranking follows the weights we chose.
+Random draws come from numpy generators seeded with (seed, crc32(ref), type index, level) for `basic` and
+(seed, crc32(ref), type index) for `kadid` (every level reuses the same draws, scaled: more noise, more
+patches, never different ones): same seed, same files.
 """
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ import os
 import zlib
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+from PIL import Image, ImageOps
 
-# (name, weight) in the order of the table above.
-DISTORTIONS = (("jpeg", 0.90), ("blur", 0.85), ("noise", 0.80), ("contrast", 0.60), ("saturation", 0.50))
+from .distortions import catalogue, distort
+
 PRISTINE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
 
@@ -54,29 +54,15 @@ def _load(path: str, size) -> Image.Image:
     return im
 
 
-def _distort(im: Image.Image, kind: str, t: float, rng: np.random.Generator):
-    """Return (image, jpeg_quality or None) for distortion `kind` at severity t in (0, 1]."""
-    if kind == "jpeg":
-        return im, int(round(60 - 55 * t))
-    if kind == "blur":
-        return im.filter(ImageFilter.GaussianBlur(radius=3.0 * t * min(im.size) / 256)), None
-    if kind == "noise":
-        x = np.asarray(im, dtype=np.float32) + rng.normal(0.0, 25.0 * t, size=(im.size[1], im.size[0], 3))
-        return Image.fromarray(np.clip(np.rint(x), 0, 255).astype(np.uint8)), None
-    if kind == "contrast":
-        return ImageEnhance.Contrast(im).enhance(1.0 - 0.8 * t), None
-    if kind == "saturation":
-        return ImageEnhance.Color(im).enhance(1.0 - t), None
-    raise AssertionError(kind)
-
-
-def make_synthetic(src, out, levels: int = 5, seed: int = 0, max_images=None, size=None) -> str:
+def make_synthetic(src, out, levels: int = 5, seed: int = 0, max_images=None, size=None,
+                   distortions: str = "basic") -> str:
     """Write the synthetic dataset of the pristine photos under `src` (PNG/TIFF/JPEG/BMP, searched recursively,
     sorted by path; the first `max_images` if given) into `out`, and return the path of its labels CSV.
 
     Layout: `out/images/<ref>.png` (pristine), `out/images/<ref>__<type>_<level>.png` (`.jpg` for the JPEG type:
-    the compressed file itself), `out/labels.csv` with columns `name,mos,ref` (names relative to `out`, so
-    `IQADataset(out, csv)` reads it). `size`: resize every photo to that short side first (bicubic).
+    the compressed file itself), `out/labels.csv` with columns `name,mos,ref,type,level` (names relative to `out`,
+    so `IQADataset(out, csv)` reads it; `type` is empty and `level` 0 for the pristine photo). `size`: resize
+    every photo to that short side first (bicubic). `distortions`: the catalogue, "basic" or "kadid".
     Scores follow the rule in the module docstring. Deterministic for a seed; existing files are overwritten.
     """
     src, out = str(src), str(out)
@@ -87,6 +73,7 @@ def make_synthetic(src, out, levels: int = 5, seed: int = 0, max_images=None, si
         raise ValueError(f"make_synthetic: size must be >= 8 pixels or None, got {size}")
     if max_images is not None and int(max_images) < 1:
         raise ValueError(f"make_synthetic: max_images must be >= 1 or None, got {max_images}")
+    kinds = catalogue(distortions)
     if not os.path.isdir(src):
         raise FileNotFoundError(f"make_synthetic: src {src!r} is not a directory")
     photos = _find_photos(src)
@@ -101,20 +88,23 @@ def make_synthetic(src, out, levels: int = 5, seed: int = 0, max_images=None, si
         pristine = _load(os.path.join(src, rel), None if size is None else int(size))
         name = f"images/{ref}.png"
         pristine.save(os.path.join(out, name), compress_level=1)
-        rows.append((name, 100.0, ref))
-        for k, (kind, weight) in enumerate(DISTORTIONS):
+        rows.append((name, 100.0, ref, "", 0))
+        scale = min(pristine.size) / 256
+        for k, kind in enumerate(kinds):
             for level in range(1, levels + 1):
-                rng = np.random.default_rng([int(seed), zlib.crc32(ref.encode()), k, level])
-                image, quality = _distort(pristine, kind, level / levels, rng)
-                name = f"images/{ref}__{kind}_{level}.{'jpg' if quality is not None else 'png'}"
-                if quality is not None:
-                    image.save(os.path.join(out, name), format="JPEG", quality=quality)
+                # basic: own draws per level (its files predate the catalogues); kadid: shared draws, scaled.
+                key = [int(seed), zlib.crc32(ref.encode()), k] + ([level] if distortions == "basic" else [])
+                t = level / levels
+                image = distort(pristine, kind, t, np.random.default_rng(key), scale)
+                name = f"images/{ref}__{kind.name}_{level}.{'jpg' if kind.jpeg else 'png'}"
+                if kind.jpeg:
+                    image.save(os.path.join(out, name), format="JPEG", quality=kind.value(t))
                 else:
                     image.save(os.path.join(out, name), compress_level=1)
-                rows.append((name, round(synthetic_mos(weight, level, levels), 6), ref))
+                rows.append((name, round(synthetic_mos(kind.weight, level, levels), 6), ref, kind.name, level))
     csv_path = os.path.join(out, "labels.csv")
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(("name", "mos", "ref"))
+        writer.writerow(("name", "mos", "ref", "type", "level"))
         writer.writerows(rows)
     return csv_path

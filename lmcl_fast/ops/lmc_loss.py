@@ -9,6 +9,7 @@ import math
 import torch
 
 from .. import _C  # noqa: F401  (the schemas must be registered before register_fake below)
+from .._torch_compat import all_gather_rows
 
 # Registered as lmcl::lmc_loss (forward: the loss plus the per-row log-sum-exp state backward needs)
 # and lmcl::_lmc_loss_backward, which recomputes the similarities tile by tile. Queries are this
@@ -135,14 +136,6 @@ torch.library.register_autograd(
 )
 
 
-def _lmc_gather_keys(x: torch.Tensor, group) -> torch.Tensor:
-    # Differentiable all-gather along dim 0 (functional collective, traceable by torch.compile): its backward
-    # is a sum-reduce-scatter, so each rank gets the sum of every rank's gradient for its own rows.
-    from torch.distributed._functional_collectives import all_gather_single
-
-    return all_gather_single(x.contiguous(), 0, group)
-
-
 def lmc_loss(z, anchor_idx, teacher=None, tau=0.1, intra_weight=0.5, manifold_weight=1.0, group=None):
     """Local manifold contrastive loss (SPEC §1.4): cluster term + manifold_weight * manifold term.
 
@@ -158,7 +151,11 @@ def lmc_loss(z, anchor_idx, teacher=None, tau=0.1, intra_weight=0.5, manifold_we
         return torch.ops.lmcl.lmc_loss.default(z, anchor_idx, z, teacher_in, 0, *args)[0]
     import torch.distributed as dist
 
-    z_keys = _lmc_gather_keys(z, group)
-    teacher_keys = z_keys if teacher is None else _lmc_gather_keys(teacher_in, group)
+    if not torch.compiler.is_compiling() and not isinstance(group, dist.ProcessGroup):
+        raise TypeError(f"lmc_loss: group must be a torch.distributed ProcessGroup (e.g. dist.group.WORLD after "
+                        f"init_process_group) or None, got {type(group).__name__} {group!r}")
+    # Differentiable all-gathers (their backward sums every rank's key gradients onto the owners' rows).
+    z_keys = all_gather_rows(z, group)
+    teacher_keys = z_keys if teacher is None else all_gather_rows(teacher_in, group)
     key_offset = dist.get_rank(group) * z.shape[0]
     return torch.ops.lmcl.lmc_loss.default(z, anchor_idx, z_keys, teacher_keys, key_offset, *args)[0]

@@ -1,6 +1,8 @@
 """multi_crop: the public wrapper, its fake kernel (mirroring csrc/ops/multi_crop.cpp) and its autograd."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .. import _C  # noqa: F401  (the schemas must be registered before register_fake below)
@@ -67,6 +69,9 @@ def _check_channel_values_fake(op, name, values, channels):
     if values is not None:
         torch._check_value(len(values) == channels, lambda: (
             f"{op}: {name} must have one value per channel (C = {channels}), got {len(values)} values"))
+        for c, v in enumerate(values):
+            torch._check_value(math.isfinite(v), lambda: (
+                f"{op}: {name} must be finite for every channel, got {name}[{c}] = {v}"))
 
 
 def _check_std_fake(op, std):

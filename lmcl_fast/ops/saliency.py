@@ -1,6 +1,7 @@
 """spectral_residual: the default saliency map (plain torch, torch.fft; not a registered op)."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -11,6 +12,8 @@ _LUMA = (0.299, 0.587, 0.114)
 _SR_AMPLITUDE_FLOOR = 1e-8
 # Floor for the min-max range in the final [0, 1] scaling (a map with no contrast becomes all zeros).
 _SR_RANGE_FLOOR = 1e-12
+# ... and relative to the map's maximum: float32 rounding of the FFT, blur and resize is ~1e-7 of it.
+_SR_FLAT_RELATIVE = 1e-6
 
 
 def spectral_residual(images: torch.Tensor, long_side: int = 64, sigma: float = 2.5) -> torch.Tensor:
@@ -58,10 +61,20 @@ def spectral_residual(images: torch.Tensor, long_side: int = 64, sigma: float = 
         )
     if x.shape[1] not in (1, 3):
         raise RuntimeError(f"spectral_residual: images must have C = 1 or 3 channels, got shape {list(images.shape)}")
-    if long_side < 1 or not sigma > 0:
-        raise ValueError(f"spectral_residual: long_side must be >= 1 and sigma > 0, got {long_side}, {sigma}")
+    if long_side < 1 or not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"spectral_residual: long_side must be >= 1 and sigma > 0 (finite), got {long_side}, "
+                         f"{sigma}")
+    # float32 math and a float32 map inside autocast too (a caller's bf16 region would otherwise run the blur
+    # in bf16 and return bf16, which crop_saliency rejects).
+    with torch.autocast(x.device.type, enabled=False) if x.device.type in ("cpu", "cuda") else contextlib.nullcontext():
+        return _spectral_residual_float32(x, long_side, sigma)
+
+
+def _spectral_residual_float32(x: torch.Tensor, long_side: int, sigma: float) -> torch.Tensor:
     F = torch.nn.functional
     B, C, H, W = x.shape
+    if B * H * W == 0:  # nothing to transform (the FFT backends reject empty inputs)
+        return torch.zeros((B, H, W), dtype=torch.float32, device=images.device)
 
     def channel(c):
         v = x[:, c : c + 1]
@@ -88,4 +101,8 @@ def spectral_residual(images: torch.Tensor, long_side: int = 64, sigma: float = 
     sal = F.interpolate(sal, size=(H, W), mode="bilinear", align_corners=False)[:, 0]
     low, high = torch.aminmax(sal.reshape(B, -1), dim=1)
     low, high = low.view(B, 1, 1), high.view(B, 1, 1)
-    return (sal - low) / (high - low).clamp_min(_SR_RANGE_FLOOR)
+    # A map without contrast beyond float32 rounding (a flat image, a 1-pixel downscale) becomes all zeros instead
+    # of its rounding noise stretched to [0, 1]; NaN stays NaN.
+    spread = high - low
+    flat = spread <= (_SR_FLAT_RELATIVE * high).clamp_min(_SR_RANGE_FLOOR)
+    return (sal - low) / torch.where(flat, torch.inf, spread)

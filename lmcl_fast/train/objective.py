@@ -4,7 +4,8 @@
 
 Peer mode: both branches are trained; each branch's embeddings are the queries of one lmc_loss with the
 other (detached) branch as teacher, and the quality terms are averaged. EMA mode: only the student
-(branch a) is trained; the teacher's outputs arrive without gradients."""
+(branch a) is trained; the teacher's outputs arrive without gradients. No second branch (mutual "none",
+`out_b` None): the network's own detached embeddings are the teacher and the KL term is zero."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -26,14 +27,20 @@ class LossTerms(NamedTuple):
     kl: torch.Tensor
 
 
-def compute_losses(cfg: TrainConfig, out_a: CropOutputs, out_b: CropOutputs, prior: torch.Tensor,
+def compute_losses(cfg: TrainConfig, out_a: CropOutputs, out_b: CropOutputs | None, prior: torch.Tensor,
                    target: torch.Tensor, group=None) -> LossTerms:
     B, N = prior.shape
     peer = cfg.mutual == "peer"
     score_a = crop_scores(out_a, prior, cfg.prior_weight)
-    score_b = crop_scores(out_b, prior, cfg.prior_weight)
-    anchor = ops.select_anchor((0.5 * (score_a + score_b)).detach())
-    kl = symmetric_kl(score_a, score_b, cfg.kl_temperature)
+    if out_b is None:
+        out_b, score_b, kl = out_a, score_a, score_a.new_zeros(())
+    else:
+        score_b = crop_scores(out_b, prior, cfg.prior_weight)
+        kl = symmetric_kl(score_a, score_b, cfg.kl_temperature)
+    if cfg.anchor == "random":
+        anchor = torch.randint(0, N, (B,), device=prior.device)
+    else:
+        anchor = ops.select_anchor((0.5 * (score_a + score_b)).detach())
 
     z_a = out_a.z.view(B, N, -1)
     z_b = out_b.z.view(B, N, -1)

@@ -21,21 +21,29 @@ from ..core.dist import (
     mean_over_ranks_,
     min_over_ranks,
     resolve_device,
+    wrap_ddp,
 )
 from ..core.pipeline import CropPipeline
 from ..core.progress import progress_bar
 from ..data import make_loader
-from ..data.loader import to_device
 from ..models import IQANet, build_model, load_backbone_weights
+from .elastic import elastic_seed, replan_schedule, resume_plan, saved_global_batch
 from .mutual import ema_update
 from .objective import LossTerms, compute_losses
 from .schedule import make_scheduler
+from .tb_log import TensorBoardLog
+from .throughput import StepTimer, timed
 
 LOSS_NAMES = LossTerms._fields
 
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (full disk, read-only or vanished folder): training stops; the previous
+    checkpoint is untouched."""
 
 
 def seed_everything(seed: int) -> None:
@@ -97,8 +105,16 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, dataset, train_idx, test_idx, run_dir: str, split_index: int = 0,
                  dist: DistContext | None = None, resume: str | None = None, progress: bool = True):
-        self.cfg = cfg
         self.dist = dist or DistContext()
+        ck = ckpt_io.load(resume, cfg) if resume else None
+        plan = None
+        if ck is not None and ck["epoch"] < cfg.epochs:
+            # Elastic resume: the checkpoint's global batch decides this launch's per-process batch.
+            plan = resume_plan(saved_global_batch(ck), ck["world_size"], self.dist.world_size, cfg.batch_size)
+            if plan.message and self.dist.is_main:
+                print(f"train: {plan.message}", file=sys.stderr, flush=True)
+            cfg = cfg.replace(batch_size=plan.batch_size)
+        self.cfg = cfg
         self.device = resolve_device(cfg.device, self.dist)
         self.run_dir = run_dir
         self.ckpt_path = os.path.join(run_dir, "last.pt")
@@ -113,7 +129,7 @@ class Trainer:
         self.models = {"a": self._build()}
         if cfg.mutual == "peer":
             self.models["b"] = self._build()
-        else:
+        elif cfg.mutual == "ema":
             teacher = copy.deepcopy(self.models["a"])
             teacher.requires_grad_(False)
             self.models["teacher"] = teacher
@@ -123,10 +139,13 @@ class Trainer:
         self.mos_mean = float(mos.mean())
         self.mos_std = float(mos.std()) or 1.0
 
+        # Host batches: the step copies them to the device itself (timed as "h2d"); DALI decodes on the device.
         self.loader = make_loader(dataset.subset(self.train_idx), cfg.batch_size, shuffle=True, seed=cfg.seed,
                                   num_workers=cfg.num_workers, decoder=cfg.decoder, device=str(self.device),
-                                  rank=self.dist.rank, world_size=self.dist.world_size, drop_last=True)
-        self.steps_per_epoch = len(self.loader)
+                                  rank=self.dist.rank, world_size=self.dist.world_size, drop_last=True,
+                                  host_batches=True)
+        self.global_batch = self.dist.world_size * cfg.batch_size
+        self.steps_per_epoch = len(self.loader)  # = len(train_idx) // global_batch
         if self.steps_per_epoch == 0:
             W = self.dist.world_size
             raise ValueError(f"train: the global batch ({W} process(es) x batch_size {cfg.batch_size} = "
@@ -145,7 +164,9 @@ class Trainer:
         self.pipeline = CropPipeline(cfg, self.device)
 
         self.epoch = 0  # epochs completed
-        self.batch_in_epoch = 0  # batches of the current epoch consumed (mid-epoch checkpoints)
+        # Rows of the current epoch's order consumed by all ranks together (mid-epoch checkpoints; independent
+        # of the world size, so a resume on another number of processes goes on at the same row).
+        self.position = 0
         self.step = 0  # optimizer steps taken
         self.history: list = []  # one entry per log read: mean losses since the previous one
         self.skipped: list = []  # names of unreadable images, in the order met
@@ -153,26 +174,27 @@ class Trainer:
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         self._count = 0
         self._last_good = None  # where the last checkpoint was written, for the non-finite message
-        if resume:
-            self._load(resume)
+        self.timer = StepTimer(self.device)
+        if ck is not None:
+            self._load(ck, resume, plan)
         # The branches the step runs: DDP wrappers (gradients averaged over the ranks) of the same modules.
         # DDP broadcasts rank 0's weights at construction, so every rank starts from the same state.
         self.nets = dict(self.models)
         if self.dist.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
             for k in trainable_names(self.models):
-                self.nets[k] = DistributedDataParallel(
-                    self.models[k], device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                    process_group=self.dist.group, forward_sync_buffers=self.batch_norm == "local")
-            if not resume:
+                self.nets[k] = wrap_ddp(self.models[k], self.dist, self.device,
+                                        forward_sync_buffers=self.batch_norm == "local")
+            if ck is None:
                 seed_everything(cfg.seed + self.dist.rank)  # own random streams per rank from here on
         if self.dist.is_main:
             os.makedirs(run_dir, exist_ok=True)
-            cfg.to_json(os.path.join(run_dir, "config.json"))
-            # The log holds exactly the checkpoint's history: steps logged after it (a killed run) go.
+            self.cfg.to_json(os.path.join(run_dir, "config.json"))  # with the resume's batch size and lr
+            # The logs hold exactly the checkpoint's history: steps logged after it (a killed run) go.
             with open(os.path.join(run_dir, "train_log.jsonl"), "w") as fh:
                 fh.writelines(json.dumps(entry) + "\n" for entry in self.history)
+            self._truncate_image_logs()
+        self.tb = TensorBoardLog(os.path.join(run_dir, "tensorboard"), cfg.tensorboard and self.dist.is_main,
+                                 purge_step=self.step + 1 if ck is not None else 0)
 
     def _build(self) -> IQANet:
         cfg = self.cfg
@@ -193,7 +215,8 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
+            "epoch_position": self.position,
+            "global_batch": self.global_batch,
             "world_size": self.dist.world_size,
             "rng": rng,
             "mos_stats": {"mean": self.mos_mean, "std": self.mos_std},
@@ -205,7 +228,7 @@ class Trainer:
 
     def save(self) -> None:
         """Collective: every rank calls it at the same step; rank 0 writes."""
-        if self.batch_in_epoch:
+        if self.position:
             self._read_logs()  # a mid-epoch checkpoint's history runs up to its own step
         merged = []
         for names in gather_objects(self.skipped, self.dist):
@@ -213,11 +236,20 @@ class Trainer:
         self.skipped = merged
         rng = gather_objects(ckpt_io.rng_state(), self.dist)
         if self.dist.is_main:
-            ckpt_io.save_atomic(self.state(rng), self.ckpt_path)
+            try:
+                ckpt_io.save_atomic(self.state(rng), self.ckpt_path)
+            except OSError as e:
+                if self._last_good is None:
+                    kept = "no checkpoint was written yet"
+                else:
+                    kept = (f"the previous checkpoint {self.ckpt_path} ({self._last_good}) is kept: free space or "
+                            f"fix the folder, then continue with --resume")
+                raise CheckpointWriteError(
+                    f"train: cannot write checkpoint {self.ckpt_path} at step {self.step}: {e.strerror or e}; "
+                    f"training stopped and {kept}") from e
         self._last_good = self._position()
 
-    def _load(self, path: str) -> None:
-        ck = ckpt_io.load(path, self.cfg)
+    def _load(self, ck: dict, path: str, plan) -> None:
         if ck["split"]["test_idx"] != self.test_idx or ck["split"]["train_idx"] != self.train_idx:
             raise ConfigMismatchError(
                 f"checkpoint {path} was trained on another train/test split (dataset, split_seed, train_frac "
@@ -227,23 +259,25 @@ class Trainer:
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
         self.scaler.load_state_dict(ck["scaler"])
-        self.step, self.epoch, self.batch_in_epoch = ck["step"], ck["epoch"], ck["batch_in_epoch"]
+        self.step, self.epoch = ck["step"], ck["epoch"]
+        saved_global = saved_global_batch(ck)
+        # Format-2 checkpoints before elastic resume counted batches of the saved global batch.
+        self.position = ck.get("epoch_position", ck.get("batch_in_epoch", 0) * saved_global)
         self.history, self.skipped = ck["history"], ck["skipped"]
         self.mos_mean, self.mos_std = ck["mos_stats"]["mean"], ck["mos_stats"]["std"]
-        saved_world = ck["world_size"]
-        if not self.finished and saved_world != self.dist.world_size:
-            # The global batch, the sharding and the per-rank RNG states all depend on the world size.
-            raise ConfigMismatchError(
-                f"checkpoint {path} was written by a run of {saved_world} process(es) (global batch "
-                f"{saved_world} x {ck['config']['batch_size']}) but this launch has world size "
-                f"{self.dist.world_size}: resume it with the same number of processes (torchrun "
-                f"--nproc_per_node={saved_world} on one machine) or start a new --out-dir")
-        if self.dist.rank < len(ck["rng"]):  # a finished run re-evaluated on more ranks needs none
-            ckpt_io.set_rng_state(ck["rng"][self.dist.rank])
+        if plan is not None and plan.global_batch != saved_global:
+            replan_schedule(self.optimizer, self.scheduler, plan.lr_factor,
+                            self.steps_per_epoch / (len(self.train_idx) // saved_global))
+            self.cfg = self.cfg.replace(lr=self.scheduler.base_lrs[0])
+        if ck["world_size"] == self.dist.world_size:
+            ckpt_io.set_rng_state(ck["rng"][self.dist.rank])  # the same ranks go on with their own streams
+        else:
+            # Other ranks than the ones that saved these streams (or a finished run re-evaluated elsewhere).
+            seed_everything(elastic_seed(self.cfg.seed, self.step, self.dist.rank))
         self._last_good = self._position()
 
     def _position(self) -> str:
-        return (f"after epoch {self.epoch}" if not self.batch_in_epoch
+        return (f"after epoch {self.epoch}" if not self.position
                 else f"at step {self.step}, in epoch {self.epoch + 1}")
 
     # ------------------------------------------------------------------------------------------- training
@@ -256,23 +290,34 @@ class Trainer:
         return [self.models[k] for k in ("a", "b") if k in self.models]
 
     def train_step(self, batch: dict, seeds: list) -> None:
-        """One optimizer step on `batch`; `seeds[b]` seeds image b's crops (see crop_seed)."""
+        """One optimizer step on `batch`; `seeds[b]` seeds image b's crops (see crop_seed). The phases are
+        timed for the logs (self.timer: CUDA events on a GPU, no host sync)."""
         cfg = self.cfg
         # Enqueues work only on CUDA: the batch's sizes live on the host, the ops check values on the device.
+        timer = self.timer
+        timer.begin()
         images = batch["images"].to(self.device, non_blocking=True)
+        mos = batch["mos"].to(self.device, non_blocking=True)
+        timer.mark("h2d")
         crops, prior = self.pipeline.train_crops(images, batch["heights"], batch["widths"], seeds)
-        target = (to_device(batch["mos"], self.device) - self.mos_mean) / self.mos_std
+        timer.mark("crops")
+        target = (mos - self.mos_mean) / self.mos_std
         flat = crops.flatten(0, 1)
         with autocast(self.device, self.amp):
             out_a = self.nets["a"](flat)
             if "b" in self.models:
                 out_b = self.nets["b"](flat)
-            else:
+            elif "teacher" in self.models:
                 with torch.no_grad():
                     out_b = self.models["teacher"](flat)
+            else:
+                out_b = None
+        timer.mark("forward")
         losses = compute_losses(cfg, out_a, out_b, prior, target, self.dist.group)
+        timer.mark("loss")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses.total).backward()
+        timer.mark("backward")
         if cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
@@ -290,6 +335,8 @@ class Trainer:
         self._nonfinite |= ~torch.isfinite(losses.total.detach())
         self._count += 1
         self.step += 1
+        timer.mark("optimizer")
+        timer.end(images.shape[0] * self.dist.world_size)  # every rank trains on the same B
 
     def _read_logs(self) -> None:
         if self._count == 0:
@@ -310,10 +357,12 @@ class Trainer:
             )
         entry = {"step": self.step, "epoch": self.epoch + 1, "lr": self.scheduler.get_last_lr()[0]}
         entry.update({k: v / self._count for k, v in zip(LOSS_NAMES, sums)})
+        entry.update(self.timer.read() or {})  # rank 0's phases; images/s of all ranks together
         self.history.append(entry)
         if self.dist.is_main:
             with open(os.path.join(self.run_dir, "train_log.jsonl"), "a") as fh:
                 fh.write(json.dumps(entry) + "\n")
+            self.tb.log_train(entry)
         self._sums.zero_()
         self._count = 0
         return entry
@@ -332,13 +381,18 @@ class Trainer:
                     if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
                         mod.eval()
         ran = 0
+        n_train = len(self.train_idx)
+        self.timer.reset()  # the first log line's images/s counts from here
         while not self.finished and (max_epochs is None or ran < max_epochs):
-            self.loader.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
-            bar = progress_bar(self.loader, total=self.steps_per_epoch, initial=self.batch_in_epoch,
+            self.loader.set_epoch(self.epoch, start=self.position)
+            bar = progress_bar(timed(self.loader, self.timer), total=self.steps_per_epoch,
+                               initial=self.steps_per_epoch - self.loader.batches(self.position),
                                enabled=self.progress, unit="step",
                                desc=f"split {self.split_index} epoch {self.epoch + 1}/{cfg.epochs}")
             for batch in bar:
-                self.batch_in_epoch += 1
+                if cfg.log_images:
+                    self._log_images(batch)
+                self.position += self.global_batch
                 for name in batch["skipped"]:
                     if name not in self.skipped:
                         self.skipped.append(name)
@@ -350,13 +404,41 @@ class Trainer:
                 self.train_step(batch, [crop_seed(cfg.seed, self.epoch, i) for i in batch["index"].tolist()])
                 if self.step % cfg.log_every == 0:
                     entry = self._read_logs()
-                    bar.set_postfix(loss=f"{entry['total']:.4f}", lr=f"{entry['lr']:.2e}")
-                if cfg.save_every and self.step % cfg.save_every == 0 and self.batch_in_epoch < self.steps_per_epoch:
+                    bar.set_postfix(loss=f"{entry['total']:.4f}", lr=f"{entry['lr']:.2e}",
+                                    img_s=f"{entry['images_per_s']:.1f}")
+                more = n_train - self.position >= self.global_batch
+                if cfg.save_every and self.step % cfg.save_every == 0 and more:
                     self.save()
             bar.close()
             self._read_logs()
             self.epoch += 1
-            self.batch_in_epoch = 0
+            self.position = 0
             ran += 1
             self.save()
         return ran
+
+    # ------------------------------------------------------------------------------------ image audit log
+    def _image_log(self, rank: int) -> str:
+        return os.path.join(self.run_dir, f"images_rank{rank}.jsonl")
+
+    def _log_images(self, batch: dict) -> None:
+        """--log-images: the names this rank's loader delivered, with the epoch and the epoch's row the global
+        batch starts at (one line per batch, images_rank<R>.jsonl)."""
+        entry = {"epoch": self.epoch + 1, "position": self.position, "names": batch["names"] + batch["skipped"]}
+        with open(self._image_log(self.dist.rank), "a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+
+    def _truncate_image_logs(self) -> None:
+        """Drop the batches a killed run logged after its checkpoint, from every rank's file (the world size
+        may have changed), so the files list each batch trained on exactly once."""
+        def before_checkpoint(line: str) -> bool:
+            entry = json.loads(line)
+            return (entry["epoch"], entry["position"]) < (self.epoch + 1, self.position)
+
+        for name in sorted(os.listdir(self.run_dir)):
+            if name.startswith("images_rank") and name.endswith(".jsonl"):
+                path = os.path.join(self.run_dir, name)
+                with open(path) as fh:
+                    lines = [line for line in fh if before_checkpoint(line)]
+                with open(path, "w") as fh:
+                    fh.writelines(lines)

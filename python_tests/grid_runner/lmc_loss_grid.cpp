@@ -1,7 +1,8 @@
 // Grid-runner ops (torch.ops.lmcl_grid) for lmc_loss, run with HostGridLauncher.
 // The CUDA entry's tile loop and passes (csrc/host/lmc_loss.h,
 // GridPasses) with HostGridLauncher in place of CudaGridLauncher. The test ops take the key tile width
-// and the grid size so the tests can force several key tiles and grid-stride wrap-around.
+// and the grid size so the tests can force several key tiles and grid-stride wrap-around; every launch also
+// checks that the tile GEMMs around it run without TF32.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -11,8 +12,31 @@
 namespace lmcl {
 namespace {
 
-lmc::GridPasses<HostGridLauncher> make_passes(int64_t threads, int64_t max_blocks) {
-  return {HostGridLauncher{GridShape{threads, max_blocks}}};
+// HostGridLauncher that checks at every launch of the tile loop that its GEMMs run without TF32
+// (lmc_loss_forward/backward hold at::NoTF32Guard for the whole loop, CPU and CUDA alike).
+struct NoTF32CheckingLauncher : HostGridLauncher {
+  static void check() {
+    TORCH_CHECK(at::NoTF32Guard::should_disable_tf32(), "lmc_loss: a pass ran while TF32 was allowed for the GEMMs");
+  }
+  template <typename Body>
+  void operator()(Body body, const typename Body::Params& params, int64_t items) const {
+    check();
+    HostGridLauncher::operator()(body, params, items);
+  }
+  template <typename Body>
+  void rows(Body body, const typename Body::Params& params) const {
+    check();
+    HostGridLauncher::rows(body, params);
+  }
+};
+
+lmc::GridPasses<NoTF32CheckingLauncher> make_passes(int64_t threads, int64_t max_blocks) {
+  return {NoTF32CheckingLauncher{HostGridLauncher{GridShape{threads, max_blocks}}}};
+}
+
+// Whether TF32 is switched off for this thread now (false outside lmc_loss: its guard has ended).
+bool tf32_disabled() {
+  return at::NoTF32Guard::should_disable_tf32();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lmc_loss_grid(
@@ -43,7 +67,7 @@ at::Tensor lmc_grad_tile_grid(const at::Tensor& s, const at::Tensor& lse, int64_
   at::Tensor out = s.to(at::kFloat).contiguous().clone();
   at::Tensor lse_c = lse.to(at::kFloat).contiguous();
   const lmc::LmcOptions o{key_offset, tau, intra_weight, 1.0, 0};
-  auto passes = make_passes(threads, max_blocks);
+  lmc::GridPasses<HostGridLauncher> passes{HostGridLauncher{GridShape{threads, max_blocks}}};
   passes.grad_tile<float>({lmc::tile_params<float>(out, col0, N, o, nullptr), lse_c.data_ptr<float>(), nullptr,
                            static_cast<float>(scale), nullptr});
   return out;
@@ -64,6 +88,7 @@ TORCH_LIBRARY_FRAGMENT(lmcl_grid, m) {
   m.def(
       "lmc_grad_tile(Tensor s, Tensor lse, int col0, int N, int key_offset, float tau, float intra_weight, "
       "float scale, int threads, int max_blocks) -> Tensor");
+  m.def("tf32_disabled() -> bool", &tf32_disabled);  // no tensor to dispatch on: one kernel for all
 }
 
 TORCH_LIBRARY_IMPL(lmcl_grid, CPU, m) {
