@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
+from ..data.loader import to_device
 from .config import TrainConfig
 from .scoring import prior_logits
 
@@ -57,7 +58,7 @@ class CropPipeline:
 
     def _crops(self, images: torch.Tensor, heights, widths, boxes: torch.Tensor, flip: torch.Tensor | None):
         cfg = self.cfg
-        boxes = boxes.to(self.device, non_blocking=True)
+        boxes = to_device(boxes, self.device)
         crops = ops.multi_crop(images, boxes, cfg.crop_size, mean=cfg.mean, std=cfg.std, flip=flip)
         prior = prior_logits(ops.crop_saliency(saliency_maps(images, heights, widths), boxes))
         return crops, prior
@@ -66,10 +67,12 @@ class CropPipeline:
         """Random multi-scale boxes (and flips) of image b drawn from a CPU generator seeded with `seeds[b]`:
         an image's crops depend on its seed only, not on the batch (or rank) it lands in, so a run on K
         processes crops exactly as one process with a K times larger batch. Returns crops [B, N, 3, S, S]
-        and prior logits [B, N]."""
+        and prior logits [B, N].
+
+        heights, widths: int64 [B] on the host, as the loader hands them over. Box sampling runs on the host
+        (sample_boxes validates the sizes there) and the boxes go to the device with one non-blocking copy,
+        so nothing here waits for the GPU. Sizes on a GPU are read back first, which waits for it."""
         cfg = self.cfg
-        # Box sampling runs on the host (sample_boxes validates the sizes there); the sizes are tiny, but
-        # a loader that put them on the GPU costs one small device-to-host copy here.
         heights, widths = heights.cpu(), widths.cpu()
         boxes, flips = [], []
         for b, seed in enumerate(seeds):
@@ -79,10 +82,11 @@ class CropPipeline:
                                           generator=g))
             if cfg.hflip:
                 flips.append(torch.rand((1, cfg.n_crops), generator=g) < 0.5)
-        flip = torch.cat(flips).to(self.device, non_blocking=True) if cfg.hflip else None
+        flip = to_device(torch.cat(flips), self.device) if cfg.hflip else None
         return self._crops(images, heights, widths, torch.cat(boxes), flip)
 
     def eval_crops(self, images, heights, widths):
+        """The eval_grid^2 grid boxes of every image (heights, widths on the host, as in train_crops)."""
         cfg = self.cfg
         heights, widths = heights.cpu(), widths.cpu()
         boxes = grid_boxes(heights, widths, cfg.eval_grid, cfg.eval_scale, cfg.min_crop)

@@ -293,6 +293,7 @@ class Trainer:
         """One optimizer step on `batch`; `seeds[b]` seeds image b's crops (see crop_seed). The phases are
         timed for the logs (self.timer: CUDA events on a GPU, no host sync)."""
         cfg = self.cfg
+        # Enqueues work only on CUDA: the batch's sizes live on the host, the ops check values on the device.
         timer = self.timer
         timer.begin()
         images = batch["images"].to(self.device, non_blocking=True)
@@ -399,6 +400,7 @@ class Trainer:
                 batch = common_batch(batch, self.dist)
                 if batch is None:
                     continue  # lmc_loss needs B >= 2 (only after skipped images)
+                # The index is on the host (make_loader keeps the per-image values there): no GPU wait.
                 self.train_step(batch, [crop_seed(cfg.seed, self.epoch, i) for i in batch["index"].tolist()])
                 if self.step % cfg.log_every == 0:
                     entry = self._read_logs()
