@@ -61,7 +61,7 @@ def spectral_residual(images: torch.Tensor, long_side: int = 64, sigma: float = 
         )
     if x.shape[1] not in (1, 3):
         raise RuntimeError(f"spectral_residual: images must have C = 1 or 3 channels, got shape {list(images.shape)}")
-    if long_side < 1 or not (math.isfinite(sigma) and sigma > 0):
+    if long_side < 1 or not (0 < sigma < math.inf):  # also NaN; a comparison traces where math.isfinite does not
         raise ValueError(f"spectral_residual: long_side must be >= 1 and sigma > 0 (finite), got {long_side}, "
                          f"{sigma}")
     # float32 math and a float32 map inside autocast too (a caller's bf16 region would otherwise run the blur
@@ -74,7 +74,7 @@ def _spectral_residual_float32(x: torch.Tensor, long_side: int, sigma: float) ->
     F = torch.nn.functional
     B, C, H, W = x.shape
     if B * H * W == 0:  # nothing to transform (the FFT backends reject empty inputs)
-        return torch.zeros((B, H, W), dtype=torch.float32, device=images.device)
+        return torch.zeros((B, H, W), dtype=torch.float32, device=x.device)
 
     def channel(c):
         v = x[:, c : c + 1]
