@@ -45,7 +45,8 @@ def _multi_crop_case():
     mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
     rows, flip_rows = boxes.tolist(), flips.tolist()
     ours = lambda: ops.multi_crop(images, boxes, (S, S), mean=MEAN, std=STD, flip=flips)  # noqa: E731
-    eager = lambda: _loop(_crop_eager, images, rows, flip_rows, (S, S), mean, std)  # noqa: E731
+    x = images.permute(0, 3, 1, 2)  # the NCHW view of the decoder-layout batch, as the reference loop takes it
+    eager = lambda: _loop(_crop_eager, x, rows, flip_rows, (S, S), mean, std)  # noqa: E731
     return f"uint8 [{B},{H},{W},3] x {N} boxes -> {S}x{S}", ours, eager
 
 

@@ -266,8 +266,8 @@ def test_grid_runner_empty(grid_runner):
 
 @pytest.mark.parametrize("b, box", BAD_BOXES)
 def test_grid_runner_box_check_and_clamp(grid_runner, b, box):
-    """The CUDA op's check (after the kernel, one flag read) raises the CPU op's ValueError; without
-    the check, the kernels clamp: the flagged box reads the mean of its part inside the image (0 if
+    """The CUDA op's check (in the look-up kernel: a device-side assert on the GPU, a ValueError on the
+    grid runner) has the CPU op's message; without the check, the kernels clamp: the flagged box reads the mean of its part inside the image (0 if
     none) and the other boxes are untouched."""
     s, boxes = _good()
     boxes[b, 1] = torch.tensor(box)

@@ -383,6 +383,21 @@ def test_grid_runner_other_dtypes(grid_runner, dtype):
             torch.testing.assert_close(x, y, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("bad", [-1, 3, 2**40])
+def test_grid_runner_checks_anchor_idx_in_a_kernel(grid_runner, bad):
+    """The CUDA entry checks anchor_idx in a kernel (a device-side assert on the GPU, no host read); the
+    grid runner raises its message, worded as the CPU op's ValueError up to "got"."""
+    case = _case(4, 3, 6)
+    z, t, a = case["z"], case["teacher"], case["anchor_idx"].clone()
+    a[2] = bad
+    args = (z, a, z, t, 0, 0.1, 0.5, 1.0)
+    with pytest.raises(ValueError) as cpu:
+        torch.ops.lmcl.lmc_loss(*args)
+    with pytest.raises(ValueError, match=rf"got anchor_idx\[2\] = {bad}") as grid:
+        grid_runner.lmc_loss(*args, 0, 2, 1)
+    assert str(grid.value).split(", got")[0] == str(cpu.value).split(", got")[0]
+
+
 def test_grid_runner_row_groups_longer_than_a_warp(grid_runner):
     # Normalisation and the forward LSE run a warp (32 lanes) per row: rows of D = 70 values and tiles of 45
     # keys give every lane one to three elements, and 2 groups for 48 rows wrap around the grid.

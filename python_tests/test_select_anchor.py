@@ -104,7 +104,8 @@ def test_grid_runner_matches_cpu(grid_runner, grid, dtype):
 
 
 def test_grid_runner_nan_check(grid_runner):
-    """The CUDA op flags a NaN row with -1 and raises the CPU op's ValueError after one read."""
+    """Unchecked, the launch body flags a NaN row with -1; checked (the CUDA op), it asserts in the kernel
+    with the CPU op's message (a ValueError on the grid runner, a device-side assert on the GPU)."""
     scores = torch.randn(9, 4)
     scores[5, 2] = float("nan")
     scores[7, 0] = float("nan")

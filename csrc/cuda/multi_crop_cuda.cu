@@ -1,5 +1,6 @@
 // multi_crop and its backward on CUDA: checks, device guard, then host/multi_crop.h on the grid backend.
-// One box-flag launch and read-back, then one launch of the kernels/multi_crop.h bodies, on the current stream.
+// One box-check launch (device-side asserts), then one launch of the kernels/multi_crop.h bodies, on the
+// current stream: nothing waits for the host.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>

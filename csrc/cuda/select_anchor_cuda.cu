@@ -1,5 +1,5 @@
 // select_anchor on CUDA: checks, device guard, then host/select_anchor.h on the GPU.
-// One thread per row (N, the crops per image, is small), then one device->host read for the NaN check.
+// One thread per row (N, the crops per image, is small); a NaN is a device-side assert (no host read).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>

@@ -29,6 +29,9 @@ struct LmcOptions {
   double intra_weight;
   double manifold_weight;
   int64_t key_tile;  // 0: default_key_tile
+  // Check anchor_idx in a kernel (AnchorCheckBody: a device-side assert, no device->host read): the CUDA
+  // entry and the grid runner. The CPU entry checks on the host instead (check_lmc_loss_args).
+  bool check_anchor_idx_in_kernel = false;
 };
 
 // The [B*N, T] tile is the only buffer that grows with the batch: about 128 MiB of float32, and at
@@ -149,6 +152,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lmc_loss_forward_tile
   const int64_t Mq = B * N;
   const int64_t Mk = z_keys.size(0) * N;
   const at::Tensor anchor_idx = anchor_idx_in.contiguous();
+  if (o.check_anchor_idx_in_kernel) {  // before the anchor rows are gathered
+    passes.template for_each<AnchorCheckBody>({anchor_idx.data_ptr<int64_t>(), B, N}, B, 1);
+  }
   const Normalized<acc_t> n = normalize_all<acc_t>(passes, z, anchor_idx, z_keys, teacher_keys);
   const auto opts = n.q.options();
   const acc_t minus_inf = -std::numeric_limits<acc_t>::infinity();
@@ -339,18 +345,20 @@ struct GridPasses {
 };
 
 // The registered kernels of a backend: m.impl("lmc_loss", &lmc_loss_entry<Passes>). Checks (anchor_idx
-// values in the forward only: the backward gets the tensor forward checked), then Passes::Guard (the
-// device guard on CUDA) for the length of the call.
+// values in the forward only: the backward gets the tensor forward checked; on the host for CPU tensors,
+// in a kernel otherwise, so that CUDA never waits for the host), then Passes::Guard (the device guard on
+// CUDA) for the length of the call.
 template <typename Passes>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lmc_loss_entry(
     const at::Tensor& z, const at::Tensor& anchor_idx, const at::Tensor& z_keys, const at::Tensor& teacher_keys,
     int64_t key_offset, double tau, double intra_weight, double manifold_weight, int64_t key_tile) {
+  const bool on_host = z.is_cpu();
   check_lmc_loss_args(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight, key_tile,
-                      /*check_anchor_values=*/true);
+                      /*check_anchor_values=*/on_host);
   const typename Passes::Guard guard(z.device());
   Passes passes;
   return lmc_loss_forward(passes, z, anchor_idx, z_keys, teacher_keys,
-                          LmcOptions{key_offset, tau, intra_weight, manifold_weight, key_tile});
+                          LmcOptions{key_offset, tau, intra_weight, manifold_weight, key_tile, !on_host});
 }
 
 template <typename Passes>

@@ -184,8 +184,8 @@ at::Tensor multi_crop_backward(const Backend& backend, const at::Tensor& grad, c
   return grad_images;
 }
 
-// The grid backend (CUDA entry, grid runner): the box check is one flag launch and one device->host
-// read; forward and backward are one launch each, one thread per output pixel.
+// The grid backend (CUDA entry, grid runner): the box check is one launch of device-side asserts (no
+// device->host read); forward and backward are one launch each, one thread per output pixel.
 template <typename Launcher>
 struct MultiCropGrid {
   Launcher launcher;

@@ -1,4 +1,4 @@
-// select_anchor host setup for every backend and the grid runner: NaN error text, one launch, NaN check.
+// select_anchor host setup for every backend and the grid runner: the NaN ValueError, one launch.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -9,23 +9,15 @@
 
 namespace lmcl {
 
-// The ValueError for a NaN in row `row` of scores (the kernels flag the row with -1).
+// The ValueError for a NaN in row `row` of scores (the CPU kernel flags the row with -1); the text of the
+// GPU's device-side assert.
 [[noreturn]] inline void raise_select_anchor_nan(int64_t row) {
-  TORCH_CHECK_VALUE(false, "select_anchor: scores must not contain NaN, got NaN in row ", row);
-  TORCH_INTERNAL_ASSERT(false, "unreachable");
+  raise_kernel_check(LMCL_SELECT_ANCHOR_NAN_FORMAT, static_cast<long long>(row));
 }
 
-// Rows holding a NaN come back as -1: one device->host read of the first such row (argmin returns
-// the first minimum), or -1 when there is none.
-inline void check_select_anchor_flags(const at::Tensor& out) {
-  const int64_t first = at::where(out.amin().lt(0), out.argmin(), -1).item<int64_t>();
-  if (first >= 0) {
-    raise_select_anchor_nan(first);
-  }
-}
-
-// select_anchor through a launcher, after check_select_anchor_args: one launch, then (check = true, as
-// the CUDA op always does) the NaN check.
+// select_anchor through a launcher, after check_select_anchor_args: one launch that checks for NaN with a
+// device-side assert (check = true, as the CUDA op always does: no device->host read) or leaves -1 in NaN
+// rows (check = false, the grid-runner tests).
 template <typename Launcher>
 at::Tensor select_anchor_grid(const at::Tensor& scores, const Launcher& launcher, bool check) {
   const int64_t B = scores.size(0);
@@ -37,12 +29,9 @@ at::Tensor select_anchor_grid(const at::Tensor& scores, const Launcher& launcher
     using Body = SelectAnchorBody<scalar_t, at::opmath_type<scalar_t>>;
     launcher(Body{},
              typename Body::Params{scores.data_ptr<scalar_t>(), scores.stride(0), scores.stride(1),
-                                   out.data_ptr<int64_t>(), B, scores.size(1)},
+                                   out.data_ptr<int64_t>(), B, scores.size(1), check},
              B);
   });
-  if (check) {
-    check_select_anchor_flags(out);
-  }
   return out;
 }
 

@@ -1,10 +1,10 @@
-// The box rule as host/device math: box reads, the validity predicate, the two clamps, the flag body.
-// SPEC §1.1. The clamps keep a box that skipped the check from reading out of bounds. Error text:
-// csrc/host/boxes.h.
+// The box rule as host/device math: box reads, the validity predicate, its one error text, the two clamps,
+// the device check. SPEC §1.1. The clamps keep a box that skipped the check from reading out of bounds.
 #pragma once
 
 #include <cstdint>
 
+#include "kernels/check.h"
 #include "kernels/common.h"
 
 namespace lmcl {
@@ -26,6 +26,27 @@ LMCL_HD inline Box read_box(const index_t* box, int64_t stride) {
 LMCL_HD inline bool box_is_valid(const Box& b, int64_t H, int64_t W) {
   return b.top >= 0 && b.left >= 0 && b.height >= 1 && b.width >= 1 && b.height <= H - b.top &&
          b.width <= W - b.left;
+}
+
+// The error text of box (b, n) outside the H x W image or with height/width < 1, as a printf format: the
+// CPU's ValueError (csrc/host/boxes.h) and the GPU's device-side assert (check_box) print the same words.
+// Arguments: op, H, W, b, n, top, left, height, width, H, W (long long).
+#define LMCL_INVALID_BOX_FORMAT                                                                              \
+  "%s: boxes must lie inside the %lldx%lld image with height, width >= 1 (top >= 0, left >= 0, top + height " \
+  "<= H, left + width <= W), got boxes[%lld, %lld] = (top, left, height, width) = (%lld, %lld, %lld, %lld) "  \
+  "for an image of H x W = %lld x %lld"
+
+// The name of the op in a device-side message: a fixed-size copy inside the kernel's parameters (a host
+// pointer cannot be read on the device). Filled by op_name() (csrc/host/boxes.h).
+struct OpName {
+  char text[32];
+};
+
+// The box rule on the device: a device-side assert (on the host, the ValueError) naming box (b, n).
+LMCL_HD inline void check_box(const char* op, const Box& box, int64_t b, int64_t n, int64_t H, int64_t W) {
+  using ll = long long;
+  LMCL_KERNEL_CHECK(box_is_valid(box, H, W), LMCL_INVALID_BOX_FORMAT, op, ll(H), ll(W), ll(b), ll(n), ll(box.top),
+                    ll(box.left), ll(box.height), ll(box.width), ll(H), ll(W));
 }
 
 // The rows [t0, t1) and columns [l0, l1) of a box inside the image, possibly empty (area 0): the clamp
@@ -74,20 +95,19 @@ LMCL_HD inline void for_each_box(const BoxTable<index_t>& boxes, GridIndex g, co
   }
 }
 
-// The GPU paths' box check: one flag per box (1 = invalid); the host reads the first flag back once
-// (check_box_flags in csrc/host/boxes.h).
+// The GPU paths' box check for kernels that do not check their boxes themselves: one thread per box,
+// a device-side assert on an invalid one (no device->host read).
 template <typename index_t>
-struct BoxFlagsBody {
+struct BoxCheckBody {
   struct Params {
     BoxTable<index_t> boxes;
     int64_t H, W;
-    uint8_t* invalid;  // [B, N], contiguous
+    OpName op;
   };
 
   static LMCL_HD void run(const Params& p, GridIndex g) {
-    for_each_box(p.boxes, g, [&](int64_t i, int64_t b, int64_t n) {
-      p.invalid[i] = box_is_valid(p.boxes(b, n), p.H, p.W) ? 0 : 1;
-    });
+    for_each_box(p.boxes, g,
+                 [&](int64_t, int64_t b, int64_t n) { check_box(p.op.text, p.boxes(b, n), b, n, p.H, p.W); });
   }
 };
 

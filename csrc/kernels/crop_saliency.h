@@ -126,8 +126,9 @@ LMCL_HD inline void box_adjoint_corners(int64_t W, const BoxSpan& c, acc_t v, in
 
 // ---- CUDA kernel bodies ------------------------------------------------------------------------------
 
-// Box look-up launch: one box per item of a grid-stride loop over B * N. Writes the float32 mean and
-// an invalid-box flag (the CUDA op reads the flags once to raise the ValueError the CPU op raises up front).
+// Box look-up launch: one box per item of a grid-stride loop over B * N. Writes the float32 mean and checks
+// the box: a device-side assert (the CUDA op), or, where `invalid` is set, an invalid-box flag instead (the
+// grid-runner tests of the clamp).
 template <typename index_t>
 struct CropSaliencyLookupBody {
   struct Params {
@@ -135,15 +136,19 @@ struct CropSaliencyLookupBody {
     BoxTable<index_t> boxes;
     int64_t H, W;
     float* out;         // [B, N], contiguous
-    uint8_t* invalid;   // [B, N], contiguous
+    uint8_t* invalid;   // [B, N], contiguous, or nullptr: check
   };
 
   static LMCL_HD void run(const Params& p, GridIndex g) {
     const int64_t table = (p.H + 1) * (p.W + 1);
     for_each_box(p.boxes, g, [&](int64_t i, int64_t b, int64_t n) {
       const Box box = p.boxes(b, n);
+      if (p.invalid == nullptr) {
+        check_box("crop_saliency", box, b, n, p.H, p.W);
+      } else {
+        p.invalid[i] = box_is_valid(box, p.H, p.W) ? 0 : 1;
+      }
       p.out[i] = static_cast<float>(box_mean(p.sat + b * table, p.W, box_span(box, p.H, p.W)));
-      p.invalid[i] = box_is_valid(box, p.H, p.W) ? 0 : 1;
     });
   }
 };

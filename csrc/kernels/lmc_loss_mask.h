@@ -6,10 +6,32 @@
 
 #include <cstdint>
 
+#include "kernels/check.h"
 #include "kernels/common.h"
 
 namespace lmcl {
 namespace lmc {
+
+// The anchor rule on the device (the CUDA op; the CPU op checks on the host with the range of values):
+// one item per image, a device-side assert on anchor_idx[i] outside [0, N). The words of the CPU's
+// ValueError up to "got".
+struct AnchorCheckBody {
+  struct Params {
+    const int64_t* anchor_idx;  // [B], contiguous
+    int64_t B, N;
+  };
+  static LMCL_HD void item(const Params& p, int64_t i) {
+    const int64_t s = p.anchor_idx[i];
+    LMCL_KERNEL_CHECK(s >= 0 && s < p.N,
+                      "lmc_loss: anchor_idx must be in [0, N) = [0, %lld), got anchor_idx[%lld] = %lld",
+                      static_cast<long long>(p.N), static_cast<long long>(i), static_cast<long long>(s));
+  }
+  static LMCL_HD void run(const Params& p, GridIndex g) {
+    for (int64_t i = g.first(); i < p.B; i += g.stride()) {
+      item(p, i);
+    }
+  }
+};
 
 // Where a query row sits: its image among the keys (key_offset + local image) and its crop (k for a
 // manifold row, the anchor crop s_i for a cluster row). anchor_idx == nullptr marks manifold rows.
@@ -23,7 +45,7 @@ LMCL_HD inline RowPlace row_place(int64_t row, int64_t N, int64_t key_offset, co
     const int64_t i = row / N;
     return RowPlace{(key_offset + i) * N, (key_offset + i) * N + row % N};
   }
-  // Indices were validated by the op; clamping keeps a skipped check from reading out of bounds.
+  // Indices were validated by the op (AnchorCheckBody on the GPU); clamping keeps reads in bounds.
   const int64_t s = clamp_value<int64_t>(anchor_idx[row], 0, N - 1);
   return RowPlace{(key_offset + row) * N, (key_offset + row) * N + s};
 }

@@ -58,7 +58,7 @@ void check_lmc_loss_args(const at::Tensor& z, const at::Tensor& anchor_idx, cons
   if (!check_anchor_values) {
     return;
   }
-  // One device -> host read for both bounds (on CUDA each .item() would be a sync of its own).
+  // CPU tensors only (the CUDA entry checks in a kernel: csrc/host/lmc_loss.h): no device is waited for.
   const auto [lo, hi] = at::aminmax(anchor_idx);
   const at::Tensor bounds = at::stack({lo, hi}).cpu();
   const int64_t min_idx = bounds.data_ptr<int64_t>()[0];

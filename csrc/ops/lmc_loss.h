@@ -5,9 +5,10 @@
 
 namespace lmcl {
 
-// Metadata and scalar rules (mirrored by the fake in lmcl_fast/ops.py), then, with check_anchor_values,
-// the one data-dependent rule: anchor_idx in [0, N) (one device-to-host read on CUDA). The backward
-// skips that read: forward already checked the same tensor, and the kernels clamp the index anyway.
+// Metadata and scalar rules (mirrored by the fake in lmcl_fast/ops/lmc_loss.py), then, with
+// check_anchor_values (CPU tensors only), the one data-dependent rule: anchor_idx in [0, N). CUDA checks it
+// in a kernel instead (AnchorCheckBody), with no device-to-host read. The backward skips it: forward already
+// checked the same tensor, and the kernels clamp the index anyway.
 void check_lmc_loss_args(const at::Tensor& z, const at::Tensor& anchor_idx, const at::Tensor& z_keys,
                          const at::Tensor& teacher_keys, int64_t key_offset, double tau, double intra_weight,
                          double manifold_weight, int64_t key_tile, bool check_anchor_values);

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
+from ..data.loader import to_device
 from . import accel
 from .config import TrainConfig
 from .phases import NoPhases
@@ -63,7 +64,7 @@ class CropPipeline:
                phases=_NO_PHASES):
         cfg = self.cfg
         with phases.phase("crops"):
-            boxes = boxes.to(self.device, non_blocking=True)
+            boxes = to_device(boxes, self.device)
             crops = ops.multi_crop(images, boxes, cfg.crop_size, mean=cfg.mean, std=cfg.std, flip=flip,
                                    memory_format=accel.memory_format(cfg.memory_format))
         with phases.phase("saliency prior"):
@@ -75,11 +76,13 @@ class CropPipeline:
         an image's crops depend on its seed only, not on the batch (or rank) it lands in, so a run on K
         processes crops exactly as one process with a K times larger batch. Returns crops [B, N, 3, S, S]
         (with cfg.memory_format = channels_last a strided view of [B, N, S, S, 3] memory, so that
-        crops.flatten(0, 1) is a channels-last [B*N, 3, S, S] batch) and prior logits [B, N]."""
+        crops.flatten(0, 1) is a channels-last [B*N, 3, S, S] batch) and prior logits [B, N].
+
+        heights, widths: int64 [B] on the host, as the loader hands them over. Box sampling runs on the host
+        (sample_boxes validates the sizes there) and the boxes go to the device with one non-blocking copy,
+        so nothing here waits for the GPU. Sizes on a GPU are read back first, which waits for it."""
         cfg = self.cfg
         with phases.phase("boxes"):
-            # Box sampling runs on the host (sample_boxes validates the sizes there); the sizes are tiny, but
-            # a loader that put them on the GPU costs one small device-to-host copy here.
             heights, widths = heights.cpu(), widths.cpu()
             boxes, flips = [], []
             for b, seed in enumerate(seeds):
@@ -89,10 +92,11 @@ class CropPipeline:
                                               min_size=cfg.min_crop, generator=g))
                 if cfg.hflip:
                     flips.append(torch.rand((1, cfg.n_crops), generator=g) < 0.5)
-            flip = torch.cat(flips).to(self.device, non_blocking=True) if cfg.hflip else None
+            flip = to_device(torch.cat(flips), self.device) if cfg.hflip else None
         return self._crops(images, heights, widths, torch.cat(boxes), flip, phases)
 
     def eval_crops(self, images, heights, widths):
+        """The eval_grid^2 grid boxes of every image (heights, widths on the host, as in train_crops)."""
         cfg = self.cfg
         heights, widths = heights.cpu(), widths.cpu()
         boxes = grid_boxes(heights, widths, cfg.eval_grid, cfg.eval_scale, cfg.min_crop)

@@ -13,9 +13,10 @@ def random_crops(batch: dict, n: int, size, *, scales=(0.25, 1.0), min_size: int
     `heights` x `widths`, so no crop touches the padding. Returns (crops [B, n, 3, S_h, S_w], boxes [B, n, 4]).
     """
     from .. import ops
+    from .loader import to_device
 
     boxes = ops.sample_boxes(batch["heights"], batch["widths"], n, scales=scales, min_size=min_size,
                              generator=generator)
-    crops = ops.multi_crop(batch["images"], boxes.to(batch["images"].device), size, mean=mean, std=std, flip=flip,
+    crops = ops.multi_crop(batch["images"], to_device(boxes, batch["images"].device), size, mean=mean, std=std, flip=flip,
                            out_dtype=out_dtype)
     return crops, boxes

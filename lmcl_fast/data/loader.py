@@ -32,10 +32,25 @@ def dali_available() -> bool:
     return True
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` on `device`; a host tensor goes to a CUDA device through pinned memory with a non-blocking copy,
+    so the host never waits for the GPU's queue (a copy from pageable memory may)."""
+    device = torch.device(device)
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
+
+
 def _batch_to(batch: dict, device: torch.device) -> dict:
+    """The images on `device`; the per-image values (heights, widths, mos, index) stay on the host, where box
+    sampling and crop seeds read them: on CUDA, reading them back would wait for the GPU's queue."""
     if device.type == "cpu":
         return batch
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    out = dict(batch)
+    out["images"] = to_device(batch["images"], device)
+    if device.type == "cuda":  # pinned: the trainer's non-blocking copy of mos is then truly asynchronous
+        out["mos"] = batch["mos"] if batch["mos"].is_pinned() else batch["mos"].pin_memory()
+    return out
 
 
 class _ShardSampler(Sampler):
@@ -117,8 +132,8 @@ class _Loader:
 
 
 class PillowLoader(_Loader):
-    """torch DataLoader with Pillow decoding in `num_workers` processes; batches moved to `device` (pinned
-    memory and non-blocking copies on CUDA)."""
+    """torch DataLoader with Pillow decoding in `num_workers` processes; images moved to `device` (pinned
+    memory and non-blocking copies on CUDA), the per-image values kept on the host."""
 
     decoder = "pillow"
 
@@ -284,9 +299,11 @@ def make_loader(dataset, batch_size: int, *, shuffle: bool, seed: int, num_worke
     `device` is CUDA, else Pillow). Rows are sharded by `rank`/`world_size` and shuffled per epoch exactly as
     DistributedSampler does: every rank gets ceil(len / world_size) rows, the first few repeated when the
     length does not divide, or with `drop_last` floor(len / world_size) rows, none repeated, and only whole
-    batches. Tensors of each batch are on `device`; with `host_batches` they stay in host memory (pinned when
-    `device` is CUDA) for the caller to copy, except DALI's images, decoded on `device`. Unreadable
-    files are listed by name in the batch's `skipped` (the reasons in `skip_reasons`) and left out of it (B may be 0).
+    batches. A batch's images are on `device`; its heights, widths, mos and index stay on the host (pinned
+    on CUDA), where the box sampler and the trainer read them without waiting for the GPU. With
+    `host_batches` the images stay in host memory too (pinned when `device` is CUDA) for the caller to copy,
+    except DALI's images, decoded on `device`. Unreadable files are listed by name in the batch's `skipped`
+    (the reasons in `skip_reasons`) and left out of it (B may be 0).
     """
     if decoder not in DECODERS:
         raise ValueError(f"make_loader: decoder must be one of {DECODERS}, got {decoder!r}")

@@ -13,8 +13,8 @@ def select_anchor(scores: torch.Tensor) -> torch.Tensor:
         scores: ``[B, N]`` float32/float16/bfloat16 (float64 also accepted), N >= 1, any strides.
 
     Returns:
-        int64 ``[B]``. A NaN anywhere in ``scores`` raises ValueError naming ``scores`` (checked in C++,
-        one device->host read on CUDA).
+        int64 ``[B]``. A NaN anywhere in ``scores`` raises ValueError naming ``scores`` on the CPU; on CUDA
+        it is a device-side assert with the same text (no device->host read; see the README).
 
     Example:
         >>> select_anchor(torch.tensor([[0.1, 0.9, 0.9], [2.0, -1.0, 0.5]]))

@@ -303,6 +303,7 @@ class Trainer:
         timed for the logs (self.timer: CUDA events on a GPU, no host sync) and, for `lmcl bench --step`, by
         self.phases (a PhaseTimer there; a no-op otherwise)."""
         cfg, phase = self.cfg, self.phases.phase
+        # Enqueues work only on CUDA: the batch's sizes live on the host, the ops check values on the device.
         timer = self.timer
         timer.begin()
         accel.mark_step(self.compile_mode)
@@ -415,6 +416,7 @@ class Trainer:
                 batch = common_batch(batch, self.dist)
                 if batch is None:
                     continue  # lmc_loss needs B >= 2 (only after skipped images)
+                # The index is on the host (make_loader keeps the per-image values there): no GPU wait.
                 self.train_step(batch, [crop_seed(cfg.seed, self.epoch, i) for i in batch["index"].tolist()])
                 if self.step % cfg.log_every == 0:
                     entry = self._read_logs()

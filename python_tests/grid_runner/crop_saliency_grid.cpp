@@ -1,6 +1,6 @@
 // Grid-runner ops (torch.ops.lmcl_grid) for crop_saliency and select_anchor, run with HostGridLauncher.
 // The CUDA entries' host code (csrc/host/<op>.h:
-// table, Params, ATen steps, flag checks) with HostGridLauncher in place of CudaGridLauncher. `threads`
+// table, Params, ATen steps, in-kernel checks) with HostGridLauncher in place of CudaGridLauncher. `threads`
 // and `max_blocks` let the tests force the grid-stride loops to wrap around. The argument checks live in
 // the library (not linked here); the tests pass valid metadata.
 #include <ATen/ATen.h>
@@ -18,10 +18,15 @@ lmcl::HostGridLauncher launcher(int64_t threads, int64_t max_blocks) {
   return lmcl::HostGridLauncher{lmcl::GridShape{threads, max_blocks}};
 }
 
-// Returns (means, invalid flags); with check=true also runs the CUDA op's box check.
+// Returns (means, invalid flags); check=true runs the CUDA op's in-kernel box check (a ValueError here)
+// and returns all-zero flags.
 std::tuple<at::Tensor, at::Tensor> crop_saliency_grid(const at::Tensor& saliency, const at::Tensor& boxes,
                                                       int64_t threads, int64_t max_blocks, bool check) {
-  return lmcl::crop_saliency_grid(saliency, boxes, launcher(threads, max_blocks), check);
+  auto [out, invalid] = lmcl::crop_saliency_grid(saliency, boxes, launcher(threads, max_blocks), check);
+  if (!invalid.defined()) {
+    invalid = at::zeros(out.sizes(), out.options().dtype(at::kByte));
+  }
+  return {out, invalid};
 }
 
 at::Tensor crop_saliency_backward_grid(const at::Tensor& grad, const at::Tensor& boxes, int64_t H, int64_t W,
@@ -29,7 +34,8 @@ at::Tensor crop_saliency_backward_grid(const at::Tensor& grad, const at::Tensor&
   return lmcl::crop_saliency_backward_grid(grad, boxes, H, W, launcher(threads, max_blocks));
 }
 
-// Returns the per-row result (-1 for a NaN row); with check=true also runs the CUDA op's NaN check.
+// Returns the per-row result (-1 for a NaN row); check=true runs the CUDA op's in-kernel NaN check (a
+// ValueError here).
 at::Tensor select_anchor_grid(const at::Tensor& scores, int64_t threads, int64_t max_blocks, bool check) {
   return lmcl::select_anchor_grid(scores, launcher(threads, max_blocks), check);
 }

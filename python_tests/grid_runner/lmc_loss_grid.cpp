@@ -44,7 +44,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lmc_loss_grid(
     int64_t key_offset, double tau, double intra_weight, double manifold_weight, int64_t key_tile, int64_t threads,
     int64_t max_blocks) {
   auto passes = make_passes(threads, max_blocks);
-  const lmc::LmcOptions o{key_offset, tau, intra_weight, manifold_weight, key_tile};
+  // As the CUDA entry: anchor_idx checked in a kernel (a ValueError here).
+  const lmc::LmcOptions o{key_offset, tau, intra_weight, manifold_weight, key_tile, /*check_anchor_idx_in_kernel=*/true};
   return lmc::lmc_loss_forward(passes, z, anchor_idx, z_keys, teacher_keys, o);
 }
 

@@ -1,6 +1,6 @@
 // Grid-runner ops (torch.ops.lmcl_grid) for multi_crop, run with HostGridLauncher.
 // The CUDA entries' host code (csrc/host/multi_crop.h on the grid
-// backend: box flags and read-back, Params, launches) with HostGridLauncher in place of CudaGridLauncher.
+// backend: the box-check launch, Params, launches) with HostGridLauncher in place of CudaGridLauncher.
 // The argument checks live in the library, not linked here, so tests pass valid metadata. `threads` and
 // `max_blocks` let tests shrink the grid so the grid-stride loop wraps.
 #include <ATen/ATen.h>
