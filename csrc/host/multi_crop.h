@@ -55,6 +55,15 @@ inline ChannelAffine multi_crop_affine(int64_t channels, double in_scale,
 }
 
 // Kernel parameters from tensors (boxes64: int64 contiguous [B, N, 4]; out allocated by the caller).
+// The box and flip tables of a launch (no flip tensor: no crop is mirrored), for the forward and backward params.
+template <typename Params>
+void set_box_table(Params& p, const at::Tensor& boxes64, const std::optional<at::Tensor>& flip) {
+  p.boxes = boxes64.data_ptr<int64_t>();
+  p.flip = flip.has_value() ? flip->data_ptr<bool>() : nullptr;
+  p.flip_sb = flip.has_value() ? flip->stride(0) : 0;
+  p.flip_sn = flip.has_value() ? flip->stride(1) : 0;
+}
+
 template <typename in_t, typename out_t>
 MultiCropParams<in_t, out_t> make_multi_crop_params(const at::Tensor& images, const at::Tensor& boxes64,
                                                     const std::optional<at::Tensor>& flip,
@@ -72,10 +81,7 @@ MultiCropParams<in_t, out_t> make_multi_crop_params(const at::Tensor& images, co
   p.C = out.size(2);
   p.H = u8 ? images.size(1) : images.size(2);
   p.W = u8 ? images.size(2) : images.size(3);
-  p.boxes = boxes64.data_ptr<int64_t>();
-  p.flip = flip.has_value() ? flip->data_ptr<bool>() : nullptr;
-  p.flip_sb = flip.has_value() ? flip->stride(0) : 0;
-  p.flip_sn = flip.has_value() ? flip->stride(1) : 0;
+  set_box_table(p, boxes64, flip);
   p.out = out.data_ptr<out_t>();
   // Both layouts of multi_crop_output keep a crop's elements together: stride(0) == N * stride(1).
   p.o_sn = out.stride(1);
@@ -107,10 +113,7 @@ MultiCropBackwardParams<g_t> make_multi_crop_backward_params(const at::Tensor& g
   p.C = grad.size(2);
   p.H = grad_images.size(2);
   p.W = grad_images.size(3);
-  p.boxes = boxes64.data_ptr<int64_t>();
-  p.flip = flip.has_value() ? flip->data_ptr<bool>() : nullptr;
-  p.flip_sb = flip.has_value() ? flip->stride(0) : 0;
-  p.flip_sn = flip.has_value() ? flip->stride(1) : 0;
+  set_box_table(p, boxes64, flip);
   p.grad_images = grad_images.data_ptr<float>();
   p.out_h = grad.size(3);
   p.out_w = grad.size(4);
