@@ -147,11 +147,78 @@ def test_detached_teacher_gets_no_gradient_work():
     _, ref_grads = _value_and_grads(reference_lmc_loss, case, torch.float64)
     assert_grad_close(g, ref_grads[0])
     args = (case["z"], case["anchor_idx"], case["z"], case["teacher"], 0, 0.1, 0.5, 1.0)
-    state = torch.ops.lmcl.lmc_loss(*args)[1:]
+    state = torch.ops.lmcl.lmc_loss(*args)[1:4]
     full = torch.ops.lmcl._lmc_loss_backward(torch.tensor(1.0), *args[:4], *state, *args[4:], True, True, True)
     part = torch.ops.lmcl._lmc_loss_backward(torch.tensor(1.0), *args[:4], *state, *args[4:], True, True, False)
     assert torch.equal(part[0], full[0]) and torch.equal(part[1], full[1])
     assert torch.equal(part[2], torch.zeros_like(full[2])) and full[2].abs().max() > 0
+
+
+@pytest.mark.parametrize("key_tile", [0, 5, 64])
+@pytest.mark.parametrize("needs", [(True, True, True), (True, True, False), (False, False, True)])
+def test_forward_unit_gradients_equal_the_recomputed_backward(key_tile, needs):
+    # The forward's unit gradients (the one-tile fast path at key_tile 0/64, the recomputing tile loop at 5)
+    # give the backward the same gradients as the recomputation it replaces, for any grad_loss.
+    case = _case(4, 3, 8, tau=0.07, intra_weight=0.3)
+    args = (case["z"], case["anchor_idx"], case["z"], case["teacher"], 0, 0.07, 0.3, 0.8, key_tile)
+    out = torch.ops.lmcl.lmc_loss(*args, *needs)
+    plain = torch.ops.lmcl.lmc_loss(*args)
+    for x, y in zip(out[:4], plain[:4]):
+        assert torch.equal(x, y)
+    rows = (12, 4, 12, 12)
+    for unit, need, n in zip(out[4:], (needs[0], needs[0], needs[1], needs[2]), rows):
+        assert unit.shape == ((n if need else 0), 8) and unit.dtype == torch.float32
+    assert all(u.shape[0] == 0 for u in plain[4:])
+    grad = torch.tensor(-1.7)
+    saved = torch.ops.lmcl._lmc_loss_backward(grad, *args[:4], *out[1:4], *args[4:8], *needs, key_tile, *out[4:])
+    recomputed = torch.ops.lmcl._lmc_loss_backward(grad, *args[:4], *out[1:4], *args[4:8], *needs, key_tile)
+    for x, y in zip(saved, recomputed):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-7)
+    # Unit gradients that miss a needed part are ignored: the backward recomputes.
+    partial = torch.ops.lmcl._lmc_loss_backward(grad, *args[:4], *out[1:4], *args[4:8], True, True, True, key_tile,
+                                                *out[4:])
+    full = torch.ops.lmcl._lmc_loss_backward(grad, *args[:4], *out[1:4], *args[4:8], True, True, True, key_tile)
+    for x, y in zip(partial, full):
+        assert torch.equal(x, y)
+
+
+def test_backward_twice_with_retain_graph_gives_the_same_gradients():
+    # The saved unit gradients are read, never overwritten, by the backward.
+    case = _case(4, 3, 8)
+    z = case["z"].clone().requires_grad_(True)
+    t = case["teacher"].clone().requires_grad_(True)
+    loss = lmc_loss(z, case["anchor_idx"], t)
+    first = torch.autograd.grad(loss, [z, t], retain_graph=True)
+    second = torch.autograd.grad(loss, [z, t])
+    for x, y in zip(first, second):
+        assert torch.equal(x, y)
+
+
+def test_unit_gradients_are_asked_for_only_when_autograd_needs_them(monkeypatch):
+    case = _case(3, 2, 4)
+    z = case["z"].clone().requires_grad_(True)
+    calls = []
+    op = torch.ops.lmcl.lmc_loss.default
+
+    def spy(*args):
+        calls.append(args[9:])
+        return op(*args)
+
+    monkeypatch.setattr(torch.ops.lmcl.lmc_loss, "default", spy)
+    lmc_loss(z, case["anchor_idx"], case["teacher"])
+    with torch.no_grad():
+        lmc_loss(z, case["anchor_idx"], case["teacher"])
+    lmc_loss(case["z"], case["anchor_idx"], z)
+    assert calls == [(True, True, False), (False, False, False), (False, False, True)]
+
+
+def test_bad_unit_gradient_is_named():
+    case = _case(3, 2, 4)
+    args = (case["z"], case["anchor_idx"], case["z"], case["teacher"], 0, 0.1, 0.5, 1.0)
+    out = torch.ops.lmcl.lmc_loss(*args, 0, True, True, True)
+    with pytest.raises(RuntimeError, match="unit_grad_z_keys must be Float"):
+        torch.ops.lmcl._lmc_loss_backward(torch.tensor(1.0), *args[:4], *out[1:4], *args[4:], True, True, True, 0,
+                                          out[4], out[5], out[6][:5], out[7])
 
 
 @pytest.mark.parametrize("key_tile", [1, 5, 7, 64])
@@ -207,6 +274,9 @@ def test_opcheck(device):
         t = z if case["teacher"] is None else case["teacher"].clone().requires_grad_(i != 1)
         args = (z, case["anchor_idx"], z, t, 0, case["tau"], case["intra_weight"], case["manifold_weight"], 0)
         torch.library.opcheck(torch.ops.lmcl.lmc_loss.default, args)
+        # As the wrapper calls it: the forward also returns the unit gradients autograd will use.
+        needs = (True, True, t.requires_grad)
+        torch.library.opcheck(torch.ops.lmcl.lmc_loss.default, args + needs)
 
 
 @pytest.mark.parametrize("dynamic", [False, True])
@@ -331,14 +401,17 @@ def test_grid_runner_matches_cpu_op(grid_runner, key_tile, threads, max_blocks, 
     z, a = case["z"], case["anchor_idx"]
     t = z if case["teacher"] is None else case["teacher"]
     args = (z, a, z, t, 0, 0.08, 0.3, 0.7)
-    cpu = torch.ops.lmcl.lmc_loss(*args)
-    grid = grid_runner.lmc_loss(*args, key_tile, threads, max_blocks)
+    cpu = torch.ops.lmcl.lmc_loss(*args, key_tile, True, True, True)
+    grid = grid_runner.lmc_loss(*args, key_tile, threads, max_blocks, True)
     tol = TOLERANCES[("lmc_loss", torch.float32)]
-    for x, y in zip(grid, cpu):
+    for x, y in zip(grid[:4], cpu[:4]):
         torch.testing.assert_close(x, y, **tol)
+    for x, y in zip(grid[4:], cpu[4:]):  # the unit gradients, from the CUDA entry's passes
+        assert x.shape[0] > 0
+        assert_grad_close(x, y)
     grad = torch.tensor(1.5)
-    cpu_b = torch.ops.lmcl._lmc_loss_backward(grad, *args[:4], *cpu[1:], *args[4:], True, True, True)
-    grid_b = grid_runner.lmc_loss_backward(grad, *args[:4], *cpu[1:], *args[4:], key_tile, threads, max_blocks)
+    cpu_b = torch.ops.lmcl._lmc_loss_backward(grad, *args[:4], *cpu[1:4], *args[4:], True, True, True)
+    grid_b = grid_runner.lmc_loss_backward(grad, *args[:4], *cpu[1:4], *args[4:], key_tile, threads, max_blocks)
     for x, y in zip(grid_b, cpu_b):
         assert_grad_close(x, y)
 
@@ -354,8 +427,8 @@ def test_grid_runner_with_key_offset(grid_runner):
     for x, y in zip(grid, cpu):
         torch.testing.assert_close(x, y, **tol)
     grad = torch.tensor(1.0)
-    cpu_b = torch.ops.lmcl._lmc_loss_backward(grad, *args[:4], *cpu[1:], *args[4:], True, True, True)
-    grid_b = grid_runner.lmc_loss_backward(grad, *args[:4], *cpu[1:], *args[4:], 4, 8, 2)
+    cpu_b = torch.ops.lmcl._lmc_loss_backward(grad, *args[:4], *cpu[1:4], *args[4:], True, True, True)
+    grid_b = grid_runner.lmc_loss_backward(grad, *args[:4], *cpu[1:4], *args[4:], 4, 8, 2)
     for x, y in zip(grid_b, cpu_b):
         assert x.dtype == torch.bfloat16
         torch.testing.assert_close(x, y, rtol=0, atol=0)  # same float32 math, rounded once to bf16
@@ -373,8 +446,8 @@ def test_grid_runner_other_dtypes(grid_runner, dtype):
         assert x.dtype == y.dtype
         torch.testing.assert_close(x, y, **tol)
     grad = torch.tensor(1.5, dtype=cpu[0].dtype)
-    cpu_b = torch.ops.lmcl._lmc_loss_backward(grad, *args[:4], *cpu[1:], *args[4:], True, True, True)
-    grid_b = grid_runner.lmc_loss_backward(grad, *args[:4], *cpu[1:], *args[4:], 5, 4, 3)
+    cpu_b = torch.ops.lmcl._lmc_loss_backward(grad, *args[:4], *cpu[1:4], *args[4:], True, True, True)
+    grid_b = grid_runner.lmc_loss_backward(grad, *args[:4], *cpu[1:4], *args[4:], 5, 4, 3)
     for x, y in zip(grid_b, cpu_b):
         assert x.dtype == y.dtype == dtype
         if dtype == torch.float64:
@@ -408,8 +481,8 @@ def test_grid_runner_row_groups_longer_than_a_warp(grid_runner):
     for x, y in zip(grid, cpu):
         torch.testing.assert_close(x, y, **TOLERANCES[("lmc_loss", torch.float32)])
     grad = torch.tensor(0.7)
-    cpu_b = torch.ops.lmcl._lmc_loss_backward(grad, *args[:4], *cpu[1:], *args[4:], True, True, True, 45)
-    grid_b = grid_runner.lmc_loss_backward(grad, *args[:4], *cpu[1:], *args[4:], 45, 32, 2)
+    cpu_b = torch.ops.lmcl._lmc_loss_backward(grad, *args[:4], *cpu[1:4], *args[4:], True, True, True, 45)
+    grid_b = grid_runner.lmc_loss_backward(grad, *args[:4], *cpu[1:4], *args[4:], 45, 32, 2)
     for x, y in zip(grid_b, cpu_b):
         assert_grad_close(x, y)
 
@@ -426,7 +499,7 @@ def test_gemms_stay_float32_and_the_callers_setting_is_kept(grid_runner, precisi
         got = _value_and_grads(lmc_loss, case)
         args = (case["z"], case["anchor_idx"], case["z"], case["teacher"], 0, 0.05, 0.5, 1.0)
         fwd = grid_runner.lmc_loss(*args, 7, 64, 2)
-        grid_runner.lmc_loss_backward(torch.tensor(1.0), *args[:4], *fwd[1:], *args[4:], 7, 64, 2)
+        grid_runner.lmc_loss_backward(torch.tensor(1.0), *args[:4], *fwd[1:4], *args[4:], 7, 64, 2)
         assert torch.get_float32_matmul_precision() == precision
         assert not grid_runner.tf32_disabled()
     finally:
@@ -493,8 +566,8 @@ def test_cuda_raw_ops_match_cpu(dtype, key_tile, teacher):
         assert x.dtype == y.dtype and x.shape == y.shape and x.stride() == y.stride()
         torch.testing.assert_close(x.cpu(), y, **tol)
     grad = torch.tensor(1.5, dtype=cpu[0].dtype)
-    cpu_b = torch.ops.lmcl._lmc_loss_backward(grad, z, a, z, t, *cpu[1:], *rest, True, True, True, key_tile)
-    gpu_b = torch.ops.lmcl._lmc_loss_backward(grad.cuda(), zc, ac, zc, tc, *gpu[1:], *rest, True, True, True, key_tile)
+    cpu_b = torch.ops.lmcl._lmc_loss_backward(grad, z, a, z, t, *cpu[1:4], *rest, True, True, True, key_tile)
+    gpu_b = torch.ops.lmcl._lmc_loss_backward(grad.cuda(), zc, ac, zc, tc, *gpu[1:4], *rest, True, True, True, key_tile)
     for x, y in zip(gpu_b, cpu_b):
         assert x.dtype == y.dtype and x.shape == y.shape and x.stride() == y.stride()
         if dtype != torch.bfloat16:

@@ -4,8 +4,14 @@
 // bodies: CpuPasses (at::parallel_for, csrc/cpu/lmc_loss_cpu.cpp) or GridPasses<Launcher>.
 //
 // Keys are processed in chunks of T rows. Forward: S = Q K_chunk^T (GEMM), then one pass updates
-// each row's running max and sum. Backward recomputes S, turns it into gradient coefficients G in
-// place, then dQ += G K_chunk and dK_chunk = G^T Q. Memory O(M D + M T); nothing [M, M] exists.
+// each row's running max and sum. The pair gradients recompute S, turn it into gradient coefficients G in
+// place, then dQ += G K_chunk and dK_chunk = G^T Q. Memory O(M D + M T); nothing [M, M] is kept.
+//
+// When the caller says which inputs will need a gradient (the autograd wrapper does, from requires_grad),
+// the forward also computes the gradients with respect to the normalised rows for grad_loss = 1 ("unit
+// gradients", O(M D)), and backward only scales them and runs the normalisation's backward. When every key
+// fits one tile, the forward's S is still in the tile buffer: no similarity is computed twice, so a training
+// step does the three GEMMs of eager autograd instead of four.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -15,6 +21,7 @@
 #include <array>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <tuple>
 
 #include "kernels/lmc_loss_bodies.h"
@@ -142,11 +149,98 @@ inline at::Tensor similarity_tile(at::Tensor& buffer, const at::Tensor& q, const
   return s;
 }
 
-// Returns (loss, cluster_lse [B], cluster_logits [B, N], manifold_lse [B*N]).
+// Which of (z, z_keys, teacher_keys) need a gradient.
+using GradNeeds = std::array<bool, 3>;
+
+// The loss's gradient for grad_loss = 1 with respect to the normalised rows, in acc_t, contiguous: queries
+// q [Mq, D] and anchor queries [B, D] (both z's), student keys kz [Mk, D], teacher keys kt [Mk, D]. A part
+// that no input needs is [0, D].
+struct UnitGrads {
+  at::Tensor q, anchors, kz, kt;
+};
+
+// The pair gradients of every key tile (see the top of this file). first_tile_ready: the buffers already hold
+// the similarities of the key tile at 0 (the forward's, when one tile covers every key), so its GEMMs are not
+// run again.
 template <typename acc_t, typename Passes>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lmc_loss_forward_tiled(
+UnitGrads unit_grads_tiled(Passes& passes, const Normalized<acc_t>& n, const int64_t* anchor_ptr,
+                           const at::Tensor& cluster_lse, const at::Tensor& cluster_logits,
+                           const at::Tensor& manifold_lse, const LmcOptions& o, GradNeeds needs, int64_t N, int64_t T,
+                           at::Tensor& man_buf, at::Tensor& clu_buf, bool first_tile_ready) {
+  const int64_t B = n.anchors.size(0);
+  const int64_t D = n.q.size(1);
+  const int64_t Mq = n.q.size(0);
+  const int64_t Mk = n.kz.size(0);
+  const auto opts = n.q.options();
+  const auto [need_q, need_kz, need_kt] = needs;
+  UnitGrads g{at::empty({need_q ? Mq : 0, D}, opts), at::empty({need_q ? B : 0, D}, opts),
+              at::empty({need_kz ? Mk : 0, D}, opts), at::empty({need_kt ? Mk : 0, D}, opts)};
+  if (!need_q && !need_kz && !need_kt) {
+    return g;
+  }
+  const acc_t inv_tau = static_cast<acc_t>(1.0 / o.tau);
+  at::Tensor pos_coef = at::empty({B, N}, opts);
+  at::Tensor row_scale = at::empty({B}, opts);
+  passes.template for_each<ClusterCoefBody<acc_t>>(
+      {B, N, anchor_ptr, cluster_logits.data_ptr<acc_t>(), cluster_lse.data_ptr<acc_t>(),
+       static_cast<acc_t>(1.0 / static_cast<double>(B * (N - 1))) * inv_tau, pos_coef.data_ptr<acc_t>(),
+       row_scale.data_ptr<acc_t>()},
+      B, 16 * N);
+  const acc_t man_scale = static_cast<acc_t>(o.manifold_weight / static_cast<double>(Mq)) * inv_tau;
+  // dq and da sum over the key tiles: the first tile writes them (beta = 0), the others add.
+  const auto accumulate = [](at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool first) {
+    if (first) {
+      at::mm_out(out, a, b);
+    } else {
+      out.addmm_(a, b);
+    }
+  };
+  for (int64_t c0 = 0; c0 < Mk; c0 += T) {
+    const int64_t tc = std::min(T, Mk - c0);
+    const bool ready = first_tile_ready && c0 == 0;
+    if (need_q || need_kt) {
+      const at::Tensor kt = n.kt.narrow(0, c0, tc);
+      at::Tensor s = tile_view(man_buf, Mq, tc);
+      if (!ready) {
+        at::mm_out(s, n.q, kt.t());
+      }
+      passes.template grad_tile<acc_t>({tile_params<acc_t>(s, c0, N, o, nullptr), manifold_lse.data_ptr<acc_t>(),
+                                        nullptr, man_scale, nullptr});
+      if (need_q) {
+        accumulate(g.q, s, kt, c0 == 0);
+      }
+      if (need_kt) {
+        at::Tensor dkt_chunk = g.kt.narrow(0, c0, tc);
+        at::mm_out(dkt_chunk, s.t(), n.q);
+      }
+    }
+    if (need_q || need_kz) {
+      const at::Tensor kz = n.kz.narrow(0, c0, tc);
+      at::Tensor sc = tile_view(clu_buf, B, tc);
+      if (!ready) {
+        at::mm_out(sc, n.anchors, kz.t());
+      }
+      passes.template grad_tile<acc_t>({tile_params<acc_t>(sc, c0, N, o, anchor_ptr), cluster_lse.data_ptr<acc_t>(),
+                                        row_scale.data_ptr<acc_t>(), acc_t(0), pos_coef.data_ptr<acc_t>()});
+      if (need_q) {
+        accumulate(g.anchors, sc, kz, c0 == 0);
+      }
+      if (need_kz) {
+        at::Tensor dkz_chunk = g.kz.narrow(0, c0, tc);
+        at::mm_out(dkz_chunk, sc.t(), n.anchors);
+      }
+    }
+  }
+  return g;
+}
+
+// Returns (loss, cluster_lse [B], cluster_logits [B, N], manifold_lse [B*N], and the unit gradients q,
+// anchors, kz, kt of the inputs in `needs` ([0, D] for the others)).
+template <typename acc_t, typename Passes>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lmc_loss_forward_tiled(
     Passes& passes, const at::Tensor& z, const at::Tensor& anchor_idx_in, const at::Tensor& z_keys,
-    const at::Tensor& teacher_keys, const LmcOptions& o) {
+    const at::Tensor& teacher_keys, const LmcOptions& o, GradNeeds needs) {
   const int64_t B = z.size(0);
   const int64_t N = z.size(1);
   const int64_t Mq = B * N;
@@ -201,89 +295,53 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lmc_loss_forward_tile
   const double scale_c = 1.0 / static_cast<double>(B * (N - 1));
   const double scale_m = o.manifold_weight / static_cast<double>(Mq);
   at::Tensor loss = clu_loss.sum().mul_(scale_c).add_(man_loss.sum().mul_(scale_m));
-  return {loss, clu_lse, clu_same, man_lse};
+  const UnitGrads g = unit_grads_tiled<acc_t>(passes, n, anchor_ptr, clu_lse, clu_same, man_lse, o, needs, N, T,
+                                              man_buf, clu_buf, /*first_tile_ready=*/T >= Mk);
+  return {loss, clu_lse, clu_same, man_lse, g.q, g.anchors, g.kz, g.kt};
+}
+
+// Whether the forward's unit gradients cover what backward needs (the wrapper asks for exactly the
+// gradients autograd will want; a direct call of the ops may not have).
+inline bool covers(const UnitGrads& saved, GradNeeds needs) {
+  const auto has = [](const at::Tensor& t) { return t.defined() && t.size(0) > 0; };
+  return (!needs[0] || (has(saved.q) && has(saved.anchors))) && (!needs[1] || has(saved.kz)) &&
+         (!needs[2] || has(saved.kt));
 }
 
 // Returns (grad_z, grad_z_keys, grad_teacher_keys), in the inputs' dtypes, contiguous; zeros (and no
-// GEMM) for those whose output_mask entry is false.
+// GEMM) for those whose `needs` entry is false. The forward's unit gradients are used when they cover
+// `needs`, else the pair gradients are recomputed tile by tile.
 template <typename acc_t, typename Passes>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lmc_loss_backward_tiled(
     Passes& passes, const at::Tensor& grad, const at::Tensor& z, const at::Tensor& anchor_idx_in,
     const at::Tensor& z_keys, const at::Tensor& teacher_keys, const at::Tensor& cluster_lse_in,
-    const at::Tensor& cluster_logits_in, const at::Tensor& manifold_lse_in, const LmcOptions& o,
-    std::array<bool, 3> output_mask) {
+    const at::Tensor& cluster_logits_in, const at::Tensor& manifold_lse_in, const LmcOptions& o, GradNeeds needs,
+    const UnitGrads& saved) {
   const int64_t B = z.size(0);
   const int64_t N = z.size(1);
-  const int64_t D = z.size(2);
   const int64_t Mq = B * N;
   const int64_t Mk = z_keys.size(0) * N;
   const at::Tensor anchor_idx = anchor_idx_in.contiguous();
-  const at::Tensor cluster_lse = cluster_lse_in.contiguous();
-  const at::Tensor cluster_logits = cluster_logits_in.contiguous();
-  const at::Tensor manifold_lse = manifold_lse_in.contiguous();
   const at::Tensor grad_out = grad.reshape({1}).contiguous();
-  const Normalized<acc_t> n = normalize_all<acc_t>(passes, z, anchor_idx, z_keys, teacher_keys);
-  const auto opts = n.q.options();
-  const int64_t* anchor_ptr = anchor_idx.data_ptr<int64_t>();
-  const acc_t inv_tau = static_cast<acc_t>(1.0 / o.tau);
-
-  at::Tensor pos_coef = at::empty({B, N}, opts);
-  at::Tensor row_scale = at::empty({B}, opts);
-  passes.template for_each<ClusterCoefBody<acc_t>>(
-      {B, N, anchor_ptr, cluster_logits.data_ptr<acc_t>(), cluster_lse.data_ptr<acc_t>(),
-       static_cast<acc_t>(1.0 / static_cast<double>(B * (N - 1))) * inv_tau, pos_coef.data_ptr<acc_t>(),
-       row_scale.data_ptr<acc_t>()},
-      B, 16 * N);
-  const acc_t man_scale = static_cast<acc_t>(o.manifold_weight / static_cast<double>(Mq)) * inv_tau;
-
-  const bool need_q = output_mask[0];
-  const bool need_kz = output_mask[1];
-  const bool need_kt = output_mask[2];
-  at::Tensor dq = at::zeros({Mq, D}, opts);
-  at::Tensor da = at::zeros({B, D}, opts);
-  at::Tensor dkz = at::empty({Mk, D}, opts);
-  at::Tensor dkt = at::empty({Mk, D}, opts);
-  const int64_t T = o.key_tile > 0 ? std::min(o.key_tile, Mk) : default_key_tile(Mq, Mk);
-  at::Tensor man_buf = at::empty({Mq * T}, opts);
-  at::Tensor clu_buf = at::empty({B * T}, opts);
-  for (int64_t c0 = 0; c0 < Mk; c0 += T) {
-    const int64_t tc = std::min(T, Mk - c0);
-    if (need_q || need_kt) {
-      const at::Tensor kt = n.kt.narrow(0, c0, tc);
-      at::Tensor s = tile_view(man_buf, Mq, tc);
-      at::mm_out(s, n.q, kt.t());
-      passes.template grad_tile<acc_t>({tile_params<acc_t>(s, c0, N, o, nullptr), manifold_lse.data_ptr<acc_t>(),
-                                        nullptr, man_scale, nullptr});
-      if (need_q) {
-        dq.addmm_(s, kt);
-      }
-      if (need_kt) {
-        at::Tensor dkt_chunk = dkt.narrow(0, c0, tc);
-        at::mm_out(dkt_chunk, s.t(), n.q);
-      }
-    }
-    if (need_q || need_kz) {
-      const at::Tensor kz = n.kz.narrow(0, c0, tc);
-      at::Tensor sc = tile_view(clu_buf, B, tc);
-      at::mm_out(sc, n.anchors, kz.t());
-      passes.template grad_tile<acc_t>({tile_params<acc_t>(sc, c0, N, o, anchor_ptr), cluster_lse.data_ptr<acc_t>(),
-                                        row_scale.data_ptr<acc_t>(), acc_t(0), pos_coef.data_ptr<acc_t>()});
-      if (need_q) {
-        da.addmm_(sc, kz);
-      }
-      if (need_kz) {
-        at::Tensor dkz_chunk = dkz.narrow(0, c0, tc);
-        at::mm_out(dkz_chunk, sc.t(), n.anchors);
-      }
-    }
+  UnitGrads g;
+  if (covers(saved, needs)) {
+    const auto contiguous = [](const at::Tensor& t) { return t.defined() ? t.contiguous() : t; };
+    g = UnitGrads{contiguous(saved.q), contiguous(saved.anchors), contiguous(saved.kz), contiguous(saved.kt)};
+  } else {
+    const Normalized<acc_t> n = normalize_all<acc_t>(passes, z, anchor_idx, z_keys, teacher_keys);
+    const int64_t T = o.key_tile > 0 ? std::min(o.key_tile, Mk) : default_key_tile(Mq, Mk);
+    at::Tensor man_buf = at::empty({Mq * T}, n.q.options());
+    at::Tensor clu_buf = at::empty({B * T}, n.q.options());
+    g = unit_grads_tiled<acc_t>(passes, n, anchor_idx.data_ptr<int64_t>(), cluster_lse_in.contiguous(),
+                                cluster_logits_in.contiguous(), manifold_lse_in.contiguous(), o, needs, N, T, man_buf,
+                                clu_buf, /*first_tile_ready=*/false);
   }
-
   const auto zeros_like_input = [](const at::Tensor& x) { return at::zeros(x.sizes(), x.options()); };
-  return {need_q ? normalize_backward<acc_t>(passes, z, dq, &da, anchor_idx, grad_out) : zeros_like_input(z),
-          need_kz ? normalize_backward<acc_t>(passes, z_keys, dkz, nullptr, anchor_idx, grad_out)
-                  : zeros_like_input(z_keys),
-          need_kt ? normalize_backward<acc_t>(passes, teacher_keys, dkt, nullptr, anchor_idx, grad_out)
-                  : zeros_like_input(teacher_keys)};
+  return {needs[0] ? normalize_backward<acc_t>(passes, z, g.q, &g.anchors, anchor_idx, grad_out) : zeros_like_input(z),
+          needs[1] ? normalize_backward<acc_t>(passes, z_keys, g.kz, nullptr, anchor_idx, grad_out)
+                   : zeros_like_input(z_keys),
+          needs[2] ? normalize_backward<acc_t>(passes, teacher_keys, g.kt, nullptr, anchor_idx, grad_out)
+                   : zeros_like_input(teacher_keys)};
 }
 
 // Every backend's entry point (and the grid runner) runs the tile loop through these two, in z's
@@ -293,29 +351,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lmc_loss_backward_tiled(
 // beyond the loss's tolerance. at::NoTF32Guard is ATen's thread-local switch for this; it leaves the
 // caller's settings untouched and ends with the call.
 template <typename Passes>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lmc_loss_forward(
-    Passes& passes, const at::Tensor& z, const at::Tensor& anchor_idx, const at::Tensor& z_keys,
-    const at::Tensor& teacher_keys, const LmcOptions& o) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lmc_loss_forward(Passes& passes, const at::Tensor& z, const at::Tensor& anchor_idx, const at::Tensor& z_keys,
+                 const at::Tensor& teacher_keys, const LmcOptions& o, GradNeeds needs) {
   const at::NoTF32Guard full_float32_gemms;
   if (acc_type_of(z) == at::kDouble) {
-    return lmc_loss_forward_tiled<double>(passes, z, anchor_idx, z_keys, teacher_keys, o);
+    return lmc_loss_forward_tiled<double>(passes, z, anchor_idx, z_keys, teacher_keys, o, needs);
   }
-  return lmc_loss_forward_tiled<float>(passes, z, anchor_idx, z_keys, teacher_keys, o);
+  return lmc_loss_forward_tiled<float>(passes, z, anchor_idx, z_keys, teacher_keys, o, needs);
 }
 
 template <typename Passes>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lmc_loss_backward(
     Passes& passes, const at::Tensor& grad, const at::Tensor& z, const at::Tensor& anchor_idx,
     const at::Tensor& z_keys, const at::Tensor& teacher_keys, const at::Tensor& cluster_lse,
-    const at::Tensor& cluster_logits, const at::Tensor& manifold_lse, const LmcOptions& o,
-    std::array<bool, 3> output_mask) {
+    const at::Tensor& cluster_logits, const at::Tensor& manifold_lse, const LmcOptions& o, GradNeeds needs,
+    const UnitGrads& saved = {}) {
   const at::NoTF32Guard full_float32_gemms;
   if (acc_type_of(z) == at::kDouble) {
     return lmc_loss_backward_tiled<double>(passes, grad, z, anchor_idx, z_keys, teacher_keys, cluster_lse,
-                                           cluster_logits, manifold_lse, o, output_mask);
+                                           cluster_logits, manifold_lse, o, needs, saved);
   }
   return lmc_loss_backward_tiled<float>(passes, grad, z, anchor_idx, z_keys, teacher_keys, cluster_lse,
-                                        cluster_logits, manifold_lse, o, output_mask);
+                                        cluster_logits, manifold_lse, o, needs, saved);
 }
 
 // The element-wise passes as grid launches (CUDA entry, grid runner). Launcher: csrc/host/launch.h.
@@ -349,16 +407,19 @@ struct GridPasses {
 // in a kernel otherwise, so that CUDA never waits for the host), then Passes::Guard (the device guard on
 // CUDA) for the length of the call.
 template <typename Passes>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lmc_loss_entry(
-    const at::Tensor& z, const at::Tensor& anchor_idx, const at::Tensor& z_keys, const at::Tensor& teacher_keys,
-    int64_t key_offset, double tau, double intra_weight, double manifold_weight, int64_t key_tile) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lmc_loss_entry(const at::Tensor& z, const at::Tensor& anchor_idx, const at::Tensor& z_keys,
+               const at::Tensor& teacher_keys, int64_t key_offset, double tau, double intra_weight,
+               double manifold_weight, int64_t key_tile, bool need_grad_z, bool need_grad_z_keys,
+               bool need_grad_teacher_keys) {
   const bool on_host = z.is_cpu();
   check_lmc_loss_args(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight, key_tile,
                       /*check_anchor_values=*/on_host);
   const typename Passes::Guard guard(z.device());
   Passes passes;
   return lmc_loss_forward(passes, z, anchor_idx, z_keys, teacher_keys,
-                          LmcOptions{key_offset, tau, intra_weight, manifold_weight, key_tile, !on_host});
+                          LmcOptions{key_offset, tau, intra_weight, manifold_weight, key_tile, !on_host},
+                          {need_grad_z, need_grad_z_keys, need_grad_teacher_keys});
 }
 
 template <typename Passes>
@@ -366,15 +427,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lmc_loss_backward_entry(
     const at::Tensor& grad, const at::Tensor& z, const at::Tensor& anchor_idx, const at::Tensor& z_keys,
     const at::Tensor& teacher_keys, const at::Tensor& cluster_lse, const at::Tensor& cluster_logits,
     const at::Tensor& manifold_lse, int64_t key_offset, double tau, double intra_weight, double manifold_weight,
-    bool need_grad_z, bool need_grad_z_keys, bool need_grad_teacher_keys, int64_t key_tile) {
+    bool need_grad_z, bool need_grad_z_keys, bool need_grad_teacher_keys, int64_t key_tile,
+    const std::optional<at::Tensor>& unit_grad_q, const std::optional<at::Tensor>& unit_grad_anchors,
+    const std::optional<at::Tensor>& unit_grad_z_keys, const std::optional<at::Tensor>& unit_grad_teacher_keys) {
   check_lmc_loss_args(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight, key_tile,
                       /*check_anchor_values=*/false);
-  check_lmc_loss_backward_args(grad, z, cluster_lse, cluster_logits, manifold_lse);
+  check_lmc_loss_backward_args(grad, z, z_keys, cluster_lse, cluster_logits, manifold_lse, unit_grad_q,
+                               unit_grad_anchors, unit_grad_z_keys, unit_grad_teacher_keys);
+  const auto or_undefined = [](const std::optional<at::Tensor>& t) { return t.value_or(at::Tensor()); };
   const typename Passes::Guard guard(z.device());
   Passes passes;
   return lmc_loss_backward(passes, grad, z, anchor_idx, z_keys, teacher_keys, cluster_lse, cluster_logits,
                            manifold_lse, LmcOptions{key_offset, tau, intra_weight, manifold_weight, key_tile},
-                           {need_grad_z, need_grad_z_keys, need_grad_teacher_keys});
+                           {need_grad_z, need_grad_z_keys, need_grad_teacher_keys},
+                           UnitGrads{or_undefined(unit_grad_q), or_undefined(unit_grad_anchors),
+                                     or_undefined(unit_grad_z_keys), or_undefined(unit_grad_teacher_keys)});
 }
 
 }  // namespace lmc

@@ -67,20 +67,46 @@ void check_lmc_loss_args(const at::Tensor& z, const at::Tensor& anchor_idx, cons
                     "), got values in [", min_idx, ", ", max_idx, "]");
 }
 
-void check_lmc_loss_backward_args(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& cluster_lse,
-                                  const at::Tensor& cluster_logits, const at::Tensor& manifold_lse) {
+namespace {
+
+// A unit gradient given to the backward: acc-typed [rows, D] on z's device, or [0, D] (not computed).
+void check_unit_grad(const std::optional<at::Tensor>& t, const char* name, int64_t rows, int64_t D,
+                     at::ScalarType acc, const at::Device& device) {
+  if (!t.has_value()) {
+    return;
+  }
+  TORCH_CHECK(t->dim() == 2 && (t->size(0) == rows || t->size(0) == 0) && t->size(1) == D &&
+                  t->scalar_type() == acc && t->device() == device,
+              "_lmc_loss_backward: ", name, " must be ", acc, " [", rows, ", ", D, "] (or [0, ", D, "]) on ", device,
+              ", got ", t->sizes(), " ", t->scalar_type(), " on ", t->device());
+}
+
+}  // namespace
+
+void check_lmc_loss_backward_args(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& z_keys,
+                                  const at::Tensor& cluster_lse, const at::Tensor& cluster_logits,
+                                  const at::Tensor& manifold_lse, const std::optional<at::Tensor>& unit_grad_q,
+                                  const std::optional<at::Tensor>& unit_grad_anchors,
+                                  const std::optional<at::Tensor>& unit_grad_z_keys,
+                                  const std::optional<at::Tensor>& unit_grad_teacher_keys) {
   const auto acc = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   TORCH_CHECK(grad.numel() == 1 && grad.scalar_type() == acc && grad.device() == z.device(),
               "_lmc_loss_backward: grad must be one ", acc, " value on z's device (", z.device(), "), got ",
               grad.sizes(), " ", grad.scalar_type(), " on ", grad.device());
   const int64_t B = z.size(0);
   const int64_t N = z.size(1);
+  const int64_t D = z.size(2);
   TORCH_CHECK(cluster_lse.sizes() == at::IntArrayRef({B}) && cluster_lse.scalar_type() == acc,
               "_lmc_loss_backward: cluster_lse must be ", acc, " [", B, "], got ", cluster_lse.sizes());
   TORCH_CHECK(cluster_logits.sizes() == at::IntArrayRef({B, N}) && cluster_logits.scalar_type() == acc,
               "_lmc_loss_backward: cluster_logits must be ", acc, " [", B, ", ", N, "], got ", cluster_logits.sizes());
   TORCH_CHECK(manifold_lse.sizes() == at::IntArrayRef({B * N}) && manifold_lse.scalar_type() == acc,
               "_lmc_loss_backward: manifold_lse must be ", acc, " [", B * N, "], got ", manifold_lse.sizes());
+  const int64_t Mk = z_keys.size(0) * N;
+  check_unit_grad(unit_grad_q, "unit_grad_q", B * N, D, acc, z.device());
+  check_unit_grad(unit_grad_anchors, "unit_grad_anchors", B, D, acc, z.device());
+  check_unit_grad(unit_grad_z_keys, "unit_grad_z_keys", Mk, D, acc, z.device());
+  check_unit_grad(unit_grad_teacher_keys, "unit_grad_teacher_keys", Mk, D, acc, z.device());
 }
 
 TORCH_LIBRARY_FRAGMENT(lmcl, m) {
@@ -88,17 +114,25 @@ TORCH_LIBRARY_FRAGMENT(lmcl, m) {
   // the inputs themselves in one process), key_offset = first key image of z. Returns the loss and the
   // per-row state backward needs: log NEG_i and the anchor's logits p_ik of the cluster rows, and the
   // manifold rows' log-sum-exp. key_tile: keys per similarity tile (0 picks it from the batch size).
-  // Backward: need_grad_* say which of (z, z_keys, teacher_keys) need a gradient; the others come back
-  // as zeros and their GEMMs are skipped (a detached EMA teacher saves a quarter of the backward).
+  // need_grad_* say which of (z, z_keys, teacher_keys) will need a gradient: the forward then also returns
+  // the loss's gradient w.r.t. their normalised rows for grad_loss = 1 (unit_grad_*, float32 [rows, D], O(M D);
+  // [0, D] for the others), computed while the last similarity tile is still in memory, and the backward
+  // only scales them. Backward: need_grad_* again; the others come back as zeros and their GEMMs are
+  // skipped (a detached EMA teacher saves a quarter of the work). Without the unit gradients (or when they
+  // miss a needed part) it recomputes the similarities tile by tile.
   m.def(
       "lmc_loss(Tensor z, Tensor anchor_idx, Tensor z_keys, Tensor teacher_keys, int key_offset, float tau, "
-      "float intra_weight, float manifold_weight, int key_tile=0) -> (Tensor loss, Tensor cluster_lse, "
-      "Tensor cluster_logits, Tensor manifold_lse)");
+      "float intra_weight, float manifold_weight, int key_tile=0, bool need_grad_z=False, "
+      "bool need_grad_z_keys=False, bool need_grad_teacher_keys=False) -> (Tensor loss, Tensor cluster_lse, "
+      "Tensor cluster_logits, Tensor manifold_lse, Tensor unit_grad_q, Tensor unit_grad_anchors, "
+      "Tensor unit_grad_z_keys, Tensor unit_grad_teacher_keys)");
   m.def(
       "_lmc_loss_backward(Tensor grad, Tensor z, Tensor anchor_idx, Tensor z_keys, Tensor teacher_keys, "
       "Tensor cluster_lse, Tensor cluster_logits, Tensor manifold_lse, int key_offset, float tau, "
       "float intra_weight, float manifold_weight, bool need_grad_z, bool need_grad_z_keys, "
-      "bool need_grad_teacher_keys, int key_tile=0) -> (Tensor grad_z, Tensor grad_z_keys, Tensor grad_teacher_keys)");
+      "bool need_grad_teacher_keys, int key_tile=0, Tensor? unit_grad_q=None, Tensor? unit_grad_anchors=None, "
+      "Tensor? unit_grad_z_keys=None, Tensor? unit_grad_teacher_keys=None) -> (Tensor grad_z, "
+      "Tensor grad_z_keys, Tensor grad_teacher_keys)");
 }
 
 }  // namespace lmcl

@@ -11,9 +11,11 @@ import torch
 from .. import _C  # noqa: F401  (the schemas must be registered before register_fake below)
 from .._torch_compat import all_gather_rows
 
-# Registered as lmcl::lmc_loss (forward: the loss plus the per-row log-sum-exp state backward needs)
-# and lmcl::_lmc_loss_backward, which recomputes the similarities tile by tile. Queries are this
-# process's crops; keys are all crops (gathered across the group when there is one).
+# Registered as lmcl::lmc_loss (forward: the loss, the per-row log-sum-exp state, and, for the inputs the
+# wrapper says will need a gradient, the loss's gradient w.r.t. their normalised rows for grad_loss = 1:
+# O(M D), no [M, M] matrix is kept) and lmcl::_lmc_loss_backward, which scales those (or, called without
+# them, recomputes the similarities tile by tile). Queries are this process's crops; keys are all crops
+# (gathered across the group when there is one).
 
 
 def _lmc_acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -83,42 +85,51 @@ def _lmc_check_meta(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_
 
 
 @torch.library.register_fake("lmcl::lmc_loss")
-def _lmc_loss_fake(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight, key_tile=0):
+def _lmc_loss_fake(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight, key_tile=0,
+                   need_grad_z=False, need_grad_z_keys=False, need_grad_teacher_keys=False):
     _lmc_check_meta(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight, key_tile)
-    B, N, _ = z.shape
+    B, N, D = z.shape
+    Mk = z_keys.shape[0] * N
     acc = _lmc_acc_dtype(z.dtype)
     return (
         z.new_empty((), dtype=acc),
         z.new_empty((B,), dtype=acc),
         z.new_empty((B, N), dtype=acc),
         z.new_empty((B * N,), dtype=acc),
+        z.new_empty((B * N if need_grad_z else 0, D), dtype=acc),
+        z.new_empty((B if need_grad_z else 0, D), dtype=acc),
+        z.new_empty((Mk if need_grad_z_keys else 0, D), dtype=acc),
+        z.new_empty((Mk if need_grad_teacher_keys else 0, D), dtype=acc),
     )
 
 
 @torch.library.register_fake("lmcl::_lmc_loss_backward")
 def _lmc_loss_backward_fake(grad, z, anchor_idx, z_keys, teacher_keys, cluster_lse, cluster_logits, manifold_lse,
                             key_offset, tau, intra_weight, manifold_weight, need_grad_z, need_grad_z_keys,
-                            need_grad_teacher_keys, key_tile=0):
+                            need_grad_teacher_keys, key_tile=0, unit_grad_q=None, unit_grad_anchors=None,
+                            unit_grad_z_keys=None, unit_grad_teacher_keys=None):
     _lmc_check_meta(z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight, key_tile)
     return z.new_empty(z.shape), z_keys.new_empty(z_keys.shape), teacher_keys.new_empty(teacher_keys.shape)
 
 
 def _lmc_loss_setup_context(ctx, inputs, output):
-    z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight, key_tile = inputs
-    _, cluster_lse, cluster_logits, manifold_lse = output
-    ctx.mark_non_differentiable(cluster_lse, cluster_logits, manifold_lse)
-    # O(B*N*D) inputs and O(B*N) row state: no similarity matrix is kept.
-    ctx.save_for_backward(z, anchor_idx, z_keys, teacher_keys, cluster_lse, cluster_logits, manifold_lse)
+    z, anchor_idx, z_keys, teacher_keys, key_offset, tau, intra_weight, manifold_weight, key_tile = inputs[:9]
+    _, *state = output
+    ctx.mark_non_differentiable(*state)
+    # O(B*N*D) inputs and unit gradients, O(B*N) row state: no similarity matrix is kept.
+    ctx.save_for_backward(z, anchor_idx, z_keys, teacher_keys, *state)
     ctx.lmc_args = (key_offset, tau, intra_weight, manifold_weight)
     ctx.lmc_key_tile = key_tile
 
 
 def _lmc_loss_backward(ctx, grad_loss, *_state_grads):
     needs = ctx.needs_input_grad
+    z, anchor_idx, z_keys, teacher_keys, *row_state = ctx.saved_tensors
     grad_z, grad_z_keys, grad_teacher_keys = torch.ops.lmcl._lmc_loss_backward.default(
-        grad_loss, *ctx.saved_tensors, *ctx.lmc_args, needs[0], needs[2], needs[3], ctx.lmc_key_tile
+        grad_loss, z, anchor_idx, z_keys, teacher_keys, *row_state[:3], *ctx.lmc_args, needs[0], needs[2], needs[3],
+        ctx.lmc_key_tile, *row_state[3:]
     )
-    return grad_z, None, grad_z_keys, grad_teacher_keys, None, None, None, None, None
+    return grad_z, None, grad_z_keys, grad_teacher_keys, None, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd(
@@ -127,13 +138,20 @@ torch.library.register_autograd(
 
 
 def _lmc_loss_double_backward(ctx, *grads):
-    raise RuntimeError("lmc_loss: double backward is not supported (the backward recomputes the similarities "
-                       "tile by tile and has no derivative of its own)")
+    raise RuntimeError("lmc_loss: double backward is not supported (the backward scales gradients the forward "
+                       "computed, or recomputes them tile by tile, and has no derivative of its own)")
 
 
 torch.library.register_autograd(
     "lmcl::_lmc_loss_backward", _lmc_loss_double_backward, setup_context=lambda ctx, inputs, output: None
 )
+
+
+def _grad_needs(z, z_keys, teacher_keys):
+    """Which of the op's embedding inputs autograd will differentiate: the forward then computes their
+    gradients while the similarities are at hand (one GEMM fewer per step when one key tile holds them all)."""
+    grad_on = torch.is_grad_enabled()
+    return tuple(grad_on and t.requires_grad for t in (z, z_keys, teacher_keys))
 
 
 def lmc_loss(z, anchor_idx, teacher=None, tau=0.1, intra_weight=0.5, manifold_weight=1.0, group=None):
@@ -148,7 +166,8 @@ def lmc_loss(z, anchor_idx, teacher=None, tau=0.1, intra_weight=0.5, manifold_we
     teacher_in = z if teacher is None else teacher
     args = (float(tau), float(intra_weight), float(manifold_weight))
     if group is None:
-        return torch.ops.lmcl.lmc_loss.default(z, anchor_idx, z, teacher_in, 0, *args)[0]
+        return torch.ops.lmcl.lmc_loss.default(z, anchor_idx, z, teacher_in, 0, *args, 0,
+                                               *_grad_needs(z, z, teacher_in))[0]
     import torch.distributed as dist
 
     if not torch.compiler.is_compiling() and not isinstance(group, dist.ProcessGroup):
@@ -158,4 +177,5 @@ def lmc_loss(z, anchor_idx, teacher=None, tau=0.1, intra_weight=0.5, manifold_we
     z_keys = all_gather_rows(z, group)
     teacher_keys = z_keys if teacher is None else all_gather_rows(teacher_in, group)
     key_offset = dist.get_rank(group) * z.shape[0]
-    return torch.ops.lmcl.lmc_loss.default(z, anchor_idx, z_keys, teacher_keys, key_offset, *args)[0]
+    return torch.ops.lmcl.lmc_loss.default(z, anchor_idx, z_keys, teacher_keys, key_offset, *args, 0,
+                                           *_grad_needs(z, z_keys, teacher_keys))[0]

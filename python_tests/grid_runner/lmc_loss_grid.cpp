@@ -39,14 +39,14 @@ bool tf32_disabled() {
   return at::NoTF32Guard::should_disable_tf32();
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lmc_loss_grid(
-    const at::Tensor& z, const at::Tensor& anchor_idx, const at::Tensor& z_keys, const at::Tensor& teacher_keys,
-    int64_t key_offset, double tau, double intra_weight, double manifold_weight, int64_t key_tile, int64_t threads,
-    int64_t max_blocks) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lmc_loss_grid(const at::Tensor& z, const at::Tensor& anchor_idx, const at::Tensor& z_keys,
+              const at::Tensor& teacher_keys, int64_t key_offset, double tau, double intra_weight,
+              double manifold_weight, int64_t key_tile, int64_t threads, int64_t max_blocks, bool unit_grads) {
   auto passes = make_passes(threads, max_blocks);
   // As the CUDA entry: anchor_idx checked in a kernel (a ValueError here).
   const lmc::LmcOptions o{key_offset, tau, intra_weight, manifold_weight, key_tile, /*check_anchor_idx_in_kernel=*/true};
-  return lmc::lmc_loss_forward(passes, z, anchor_idx, z_keys, teacher_keys, o);
+  return lmc::lmc_loss_forward(passes, z, anchor_idx, z_keys, teacher_keys, o, {unit_grads, unit_grads, unit_grads});
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lmc_loss_backward_grid(
@@ -78,8 +78,8 @@ at::Tensor lmc_grad_tile_grid(const at::Tensor& s, const at::Tensor& lse, int64_
 TORCH_LIBRARY_FRAGMENT(lmcl_grid, m) {
   m.def(
       "lmc_loss(Tensor z, Tensor anchor_idx, Tensor z_keys, Tensor teacher_keys, int key_offset, float tau, "
-      "float intra_weight, float manifold_weight, int key_tile, int threads, int max_blocks) -> "
-      "(Tensor, Tensor, Tensor, Tensor)");
+      "float intra_weight, float manifold_weight, int key_tile, int threads, int max_blocks, "
+      "bool unit_grads=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "lmc_loss_backward(Tensor grad, Tensor z, Tensor anchor_idx, Tensor z_keys, Tensor teacher_keys, "
       "Tensor cluster_lse, Tensor cluster_logits, Tensor manifold_lse, int key_offset, float tau, "
