@@ -48,16 +48,37 @@ struct CpuPasses {
     return items * cost < kSerialWork ? std::max<int64_t>(items, 1) : std::max<int64_t>(1, 32768 / cost);
   }
 
+  // Items [begin, end) on the calling thread.
+  template <class Body>
+  static void serial(const typename Body::Params& p, int64_t begin, int64_t end) {
+#ifdef LMCL_HAS_AVX2_CLONE
+    if (cpu_has_avx2()) {
+      items_avx2<Body>(p, begin, end);
+      return;
+    }
+#endif
+    items_baseline<Body>(p, begin, end);
+  }
+
   template <class Body>
   void for_each(const typename Body::Params& p, int64_t items, int64_t cost) {
-    at::parallel_for(0, items, grain(items, cost), [&](int64_t begin, int64_t end) {
-#ifdef LMCL_HAS_AVX2_CLONE
-      if (cpu_has_avx2()) {
-        items_avx2<Body>(p, begin, end);
-        return;
+    at::parallel_for(0, items, grain(items, cost),
+                     [&](int64_t begin, int64_t end) { serial<Body>(p, begin, end); });
+  }
+
+  // One-tile forwards run as one parallel region over blocks of images (host/lmc_loss.h,
+  // lmc_loss_forward_row_blocks): a block per thread, so each thread runs one GEMM of its rows.
+  static constexpr bool kRowBlocks = true;
+
+  static int64_t block_count(int64_t images) { return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), images)); }
+
+  // fn(block, first image, end image) for `blocks` contiguous blocks of `images`, one task per block.
+  template <class Fn>
+  void blocks(int64_t images, int64_t blocks, const Fn& fn) {
+    at::parallel_for(0, blocks, 1, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        fn(k, k * images / blocks, (k + 1) * images / blocks);
       }
-#endif
-      items_baseline<Body>(p, begin, end);
     });
   }
 
@@ -71,6 +92,12 @@ struct CpuPasses {
   template <typename acc_t>
   void grad_tile(const typename lmc::GradTileBody<acc_t>::Params& p) {
     for_each<GradTileRows<acc_t>>(p, p.t.rows, 8 * p.t.cols);
+  }
+
+  // Tile rows [begin, end) of the backward tile pass on the calling thread.
+  template <typename acc_t>
+  static void grad_rows(const typename lmc::GradTileBody<acc_t>::Params& p, int64_t begin, int64_t end) {
+    serial<GradTileRows<acc_t>>(p, begin, end);
   }
 };
 

@@ -234,11 +234,137 @@ UnitGrads unit_grads_tiled(Passes& passes, const Normalized<acc_t>& n, const int
   return g;
 }
 
+using ForwardOutputs =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// The loss from the row losses. Rows are normalised by this process's B, so the mean over ranks is the
+// global loss.
+inline at::Tensor loss_from_rows(const at::Tensor& clu_loss, const at::Tensor& man_loss, int64_t B, int64_t N,
+                                 const LmcOptions& o) {
+  const double scale_c = 1.0 / static_cast<double>(B * (N - 1));
+  const double scale_m = o.manifold_weight / static_cast<double>(B * N);
+  return clu_loss.sum().mul_(scale_c).add_(man_loss.sum().mul_(scale_m));
+}
+
+// The forward when one tile holds every key, on a backend that runs blocks of images in parallel
+// (Passes::kRowBlocks: the CPU). One parallel region over blocks of images: each block computes its rows'
+// similarities (a GEMM of its own), log-sum-exps and losses and, for the inputs in `needs`, its rows' pair
+// gradients, its rows of dq and da, and its share of dkz and dkt, which are summed after the region in block
+// order. A small problem then makes one parallel region instead of a dozen (each waits for its slowest thread,
+// which on a busy machine may be descheduled), and the element-wise passes run on every thread. The bodies
+// are the tile loop's; a row's values differ from it only by the GEMM's summation order.
+template <typename acc_t, typename Passes>
+ForwardOutputs lmc_loss_forward_row_blocks(Passes& passes, const Normalized<acc_t>& n, const int64_t* anchor_ptr,
+                                           int64_t N, const LmcOptions& o, GradNeeds needs) {
+  const int64_t B = n.anchors.size(0);
+  const int64_t Mq = n.q.size(0);
+  const int64_t Mk = n.kt.size(0);
+  const int64_t D = n.q.size(1);
+  const auto opts = n.q.options();
+  const auto [need_q, need_kz, need_kt] = needs;
+  const acc_t minus_inf = -std::numeric_limits<acc_t>::infinity();
+  const acc_t inv_tau = static_cast<acc_t>(1.0 / o.tau);
+
+  at::Tensor man_max = at::full({Mq}, minus_inf, opts), man_sum = at::zeros({Mq}, opts);
+  at::Tensor clu_max = at::full({B}, minus_inf, opts), clu_sum = at::zeros({B}, opts);
+  at::Tensor man_same = at::empty({Mq, N}, opts), clu_same = at::empty({B, N}, opts);
+  at::Tensor man_lse = at::empty({Mq}, opts), man_loss = at::empty({Mq}, opts);
+  at::Tensor clu_lse = at::empty({B}, opts), clu_loss = at::empty({B}, opts);
+  at::Tensor s = at::empty({Mq, Mk}, opts), sc = at::empty({B, Mk}, opts);
+  at::Tensor pos_coef = at::empty({B, N}, opts), row_scale = at::empty({B}, opts);
+  UnitGrads g{at::empty({need_q ? Mq : 0, D}, opts), at::empty({need_q ? B : 0, D}, opts),
+              at::empty({need_kz ? Mk : 0, D}, opts), at::empty({need_kt ? Mk : 0, D}, opts)};
+  const int64_t blocks = passes.block_count(B);
+  at::Tensor kt_shares = at::empty({need_kt ? blocks : 0, Mk, D}, opts);
+  at::Tensor kz_shares = at::empty({need_kz ? blocks : 0, Mk, D}, opts);
+
+  const typename LseTileBody<acc_t>::Params man_lse_p{tile_params<acc_t>(s, 0, N, o, nullptr),
+                                                      man_max.data_ptr<acc_t>(), man_sum.data_ptr<acc_t>(),
+                                                      man_same.data_ptr<acc_t>()};
+  const typename LseTileBody<acc_t>::Params clu_lse_p{tile_params<acc_t>(sc, 0, N, o, anchor_ptr),
+                                                      clu_max.data_ptr<acc_t>(), clu_sum.data_ptr<acc_t>(),
+                                                      clu_same.data_ptr<acc_t>()};
+  const typename FinalizeBody<acc_t>::Params man_fin_p{Mq,
+                                                       N,
+                                                       nullptr,
+                                                       man_max.data_ptr<acc_t>(),
+                                                       man_sum.data_ptr<acc_t>(),
+                                                       man_same.data_ptr<acc_t>(),
+                                                       man_lse.data_ptr<acc_t>(),
+                                                       man_loss.data_ptr<acc_t>()};
+  const typename FinalizeBody<acc_t>::Params clu_fin_p{B,
+                                                       N,
+                                                       anchor_ptr,
+                                                       clu_max.data_ptr<acc_t>(),
+                                                       clu_sum.data_ptr<acc_t>(),
+                                                       clu_same.data_ptr<acc_t>(),
+                                                       clu_lse.data_ptr<acc_t>(),
+                                                       clu_loss.data_ptr<acc_t>()};
+  const typename ClusterCoefBody<acc_t>::Params coef_p{
+      B,
+      N,
+      anchor_ptr,
+      clu_same.data_ptr<acc_t>(),
+      clu_lse.data_ptr<acc_t>(),
+      static_cast<acc_t>(1.0 / static_cast<double>(B * (N - 1))) * inv_tau,
+      pos_coef.data_ptr<acc_t>(),
+      row_scale.data_ptr<acc_t>()};
+  const acc_t man_scale = static_cast<acc_t>(o.manifold_weight / static_cast<double>(Mq)) * inv_tau;
+  const typename GradTileBody<acc_t>::Params man_grad_p{tile_params<acc_t>(s, 0, N, o, nullptr),
+                                                        man_lse.data_ptr<acc_t>(), nullptr, man_scale, nullptr};
+  const typename GradTileBody<acc_t>::Params clu_grad_p{tile_params<acc_t>(sc, 0, N, o, anchor_ptr),
+                                                        clu_lse.data_ptr<acc_t>(), row_scale.data_ptr<acc_t>(),
+                                                        acc_t(0), pos_coef.data_ptr<acc_t>()};
+
+  passes.blocks(B, blocks, [&](int64_t block, int64_t b0, int64_t b1) {
+    const int64_t r0 = b0 * N, r1 = b1 * N;
+    const at::Tensor q_rows = n.q.narrow(0, r0, r1 - r0);
+    const at::Tensor a_rows = n.anchors.narrow(0, b0, b1 - b0);
+    at::Tensor s_rows = s.narrow(0, r0, r1 - r0);
+    at::Tensor sc_rows = sc.narrow(0, b0, b1 - b0);
+    at::mm_out(s_rows, q_rows, n.kt.t());
+    passes.template serial<LseTileBody<acc_t>>(man_lse_p, r0, r1);
+    passes.template serial<FinalizeBody<acc_t>>(man_fin_p, r0, r1);
+    at::mm_out(sc_rows, a_rows, n.kz.t());
+    passes.template serial<LseTileBody<acc_t>>(clu_lse_p, b0, b1);
+    passes.template serial<FinalizeBody<acc_t>>(clu_fin_p, b0, b1);
+    if (need_q || need_kt) {
+      passes.template grad_rows<acc_t>(man_grad_p, r0, r1);
+      if (need_q) {
+        at::Tensor dq_rows = g.q.narrow(0, r0, r1 - r0);
+        at::mm_out(dq_rows, s_rows, n.kt);
+      }
+      if (need_kt) {
+        at::Tensor share = kt_shares.select(0, block);
+        at::mm_out(share, s_rows.t(), q_rows);
+      }
+    }
+    if (need_q || need_kz) {
+      passes.template serial<ClusterCoefBody<acc_t>>(coef_p, b0, b1);
+      passes.template grad_rows<acc_t>(clu_grad_p, b0, b1);
+      if (need_q) {
+        at::Tensor da_rows = g.anchors.narrow(0, b0, b1 - b0);
+        at::mm_out(da_rows, sc_rows, n.kz);
+      }
+      if (need_kz) {
+        at::Tensor share = kz_shares.select(0, block);
+        at::mm_out(share, sc_rows.t(), a_rows);
+      }
+    }
+  });
+  if (need_kt) {
+    at::sum_out(g.kt, kt_shares, 0);
+  }
+  if (need_kz) {
+    at::sum_out(g.kz, kz_shares, 0);
+  }
+  return {loss_from_rows(clu_loss, man_loss, B, N, o), clu_lse, clu_same, man_lse, g.q, g.anchors, g.kz, g.kt};
+}
+
 // Returns (loss, cluster_lse [B], cluster_logits [B, N], manifold_lse [B*N], and the unit gradients q,
 // anchors, kz, kt of the inputs in `needs` ([0, D] for the others)).
 template <typename acc_t, typename Passes>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-lmc_loss_forward_tiled(
+ForwardOutputs lmc_loss_forward_tiled(
     Passes& passes, const at::Tensor& z, const at::Tensor& anchor_idx_in, const at::Tensor& z_keys,
     const at::Tensor& teacher_keys, const LmcOptions& o, GradNeeds needs) {
   const int64_t B = z.size(0);
@@ -250,6 +376,13 @@ lmc_loss_forward_tiled(
     passes.template for_each<AnchorCheckBody>({anchor_idx.data_ptr<int64_t>(), B, N}, B, 1);
   }
   const Normalized<acc_t> n = normalize_all<acc_t>(passes, z, anchor_idx, z_keys, teacher_keys);
+  const int64_t T = o.key_tile > 0 ? std::min(o.key_tile, Mk) : default_key_tile(Mq, Mk);
+  const int64_t* anchor_ptr = anchor_idx.data_ptr<int64_t>();
+  if constexpr (Passes::kRowBlocks) {
+    if (T >= Mk) {
+      return lmc_loss_forward_row_blocks<acc_t>(passes, n, anchor_ptr, N, o, needs);
+    }
+  }
   const auto opts = n.q.options();
   const acc_t minus_inf = -std::numeric_limits<acc_t>::infinity();
 
@@ -260,10 +393,8 @@ lmc_loss_forward_tiled(
   at::Tensor clu_sum = at::zeros({B}, opts);
   at::Tensor clu_same = at::empty({B, N}, opts);
 
-  const int64_t T = o.key_tile > 0 ? std::min(o.key_tile, Mk) : default_key_tile(Mq, Mk);
   at::Tensor man_buf = at::empty({Mq * T}, opts);
   at::Tensor clu_buf = at::empty({B * T}, opts);
-  const int64_t* anchor_ptr = anchor_idx.data_ptr<int64_t>();
   for (int64_t c0 = 0; c0 < Mk; c0 += T) {
     const int64_t tc = std::min(T, Mk - c0);
     at::Tensor s = similarity_tile(man_buf, n.q, n.kt.narrow(0, c0, tc));
@@ -291,10 +422,7 @@ lmc_loss_forward_tiled(
        clu_lse.data_ptr<acc_t>(), clu_loss.data_ptr<acc_t>()},
       B, 8 * N);
 
-  // Row losses are normalised by this process's B, so the mean over ranks is the global loss.
-  const double scale_c = 1.0 / static_cast<double>(B * (N - 1));
-  const double scale_m = o.manifold_weight / static_cast<double>(Mq);
-  at::Tensor loss = clu_loss.sum().mul_(scale_c).add_(man_loss.sum().mul_(scale_m));
+  at::Tensor loss = loss_from_rows(clu_loss, man_loss, B, N, o);
   const UnitGrads g = unit_grads_tiled<acc_t>(passes, n, anchor_ptr, clu_lse, clu_same, man_lse, o, needs, N, T,
                                               man_buf, clu_buf, /*first_tile_ready=*/T >= Mk);
   return {loss, clu_lse, clu_same, man_lse, g.q, g.anchors, g.kz, g.kt};
@@ -380,6 +508,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lmc_loss_backward(
 template <typename Launcher>
 struct GridPasses {
   using Guard = typename Launcher::Guard;
+  static constexpr bool kRowBlocks = false;  // the tile loop, every pass one launch
   Launcher launcher;
 
   // Row passes: a warp per row for the row-group bodies (normalisation, the forward's LSE: long rows read
