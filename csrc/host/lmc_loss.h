@@ -234,6 +234,36 @@ UnitGrads unit_grads_tiled(Passes& passes, const Normalized<acc_t>& n, const int
   return g;
 }
 
+// The online log-sum-exp state of a set of query rows (manifold rows or cluster rows) and, after the last
+// tile, their LSE and row losses; the Params of the passes over them.
+template <typename acc_t>
+struct RowLse {
+  at::Tensor max, sum, same, lse, loss;
+  int64_t N;
+  const int64_t* anchor_idx;  // cluster rows when set
+
+  RowLse(int64_t rows, int64_t N_, const int64_t* anchor_idx_, const at::TensorOptions& opts)
+      : max(at::full({rows}, -std::numeric_limits<acc_t>::infinity(), opts)),
+        sum(at::zeros({rows}, opts)),
+        same(at::empty({rows, N_}, opts)),
+        lse(at::empty({rows}, opts)),
+        loss(at::empty({rows}, opts)),
+        N(N_),
+        anchor_idx(anchor_idx_) {}
+
+  // The LSE update over the similarity tile `s` of keys col0...
+  typename LseTileBody<acc_t>::Params update(at::Tensor& s, int64_t col0, const LmcOptions& o) {
+    return {tile_params<acc_t>(s, col0, N, o, anchor_idx), max.data_ptr<acc_t>(), sum.data_ptr<acc_t>(),
+            same.data_ptr<acc_t>()};
+  }
+  const acc_t* lse_data() const { return lse.data_ptr<acc_t>(); }
+  const acc_t* same_data() const { return same.data_ptr<acc_t>(); }
+  typename FinalizeBody<acc_t>::Params finalize() {
+    return {lse.size(0),           N, anchor_idx, max.data_ptr<acc_t>(), sum.data_ptr<acc_t>(), same.data_ptr<acc_t>(),
+            lse.data_ptr<acc_t>(), loss.data_ptr<acc_t>()};
+  }
+};
+
 using ForwardOutputs =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
@@ -262,14 +292,10 @@ ForwardOutputs lmc_loss_forward_row_blocks(Passes& passes, const Normalized<acc_
   const int64_t D = n.q.size(1);
   const auto opts = n.q.options();
   const auto [need_q, need_kz, need_kt] = needs;
-  const acc_t minus_inf = -std::numeric_limits<acc_t>::infinity();
   const acc_t inv_tau = static_cast<acc_t>(1.0 / o.tau);
 
-  at::Tensor man_max = at::full({Mq}, minus_inf, opts), man_sum = at::zeros({Mq}, opts);
-  at::Tensor clu_max = at::full({B}, minus_inf, opts), clu_sum = at::zeros({B}, opts);
-  at::Tensor man_same = at::empty({Mq, N}, opts), clu_same = at::empty({B, N}, opts);
-  at::Tensor man_lse = at::empty({Mq}, opts), man_loss = at::empty({Mq}, opts);
-  at::Tensor clu_lse = at::empty({B}, opts), clu_loss = at::empty({B}, opts);
+  RowLse<acc_t> man(Mq, N, nullptr, opts);
+  RowLse<acc_t> clu(B, N, anchor_ptr, opts);
   at::Tensor s = at::empty({Mq, Mk}, opts), sc = at::empty({B, Mk}, opts);
   at::Tensor pos_coef = at::empty({B, N}, opts), row_scale = at::empty({B}, opts);
   UnitGrads g{at::empty({need_q ? Mq : 0, D}, opts), at::empty({need_q ? B : 0, D}, opts),
@@ -278,42 +304,24 @@ ForwardOutputs lmc_loss_forward_row_blocks(Passes& passes, const Normalized<acc_
   at::Tensor kt_shares = at::empty({need_kt ? blocks : 0, Mk, D}, opts);
   at::Tensor kz_shares = at::empty({need_kz ? blocks : 0, Mk, D}, opts);
 
-  const typename LseTileBody<acc_t>::Params man_lse_p{tile_params<acc_t>(s, 0, N, o, nullptr),
-                                                      man_max.data_ptr<acc_t>(), man_sum.data_ptr<acc_t>(),
-                                                      man_same.data_ptr<acc_t>()};
-  const typename LseTileBody<acc_t>::Params clu_lse_p{tile_params<acc_t>(sc, 0, N, o, anchor_ptr),
-                                                      clu_max.data_ptr<acc_t>(), clu_sum.data_ptr<acc_t>(),
-                                                      clu_same.data_ptr<acc_t>()};
-  const typename FinalizeBody<acc_t>::Params man_fin_p{Mq,
-                                                       N,
-                                                       nullptr,
-                                                       man_max.data_ptr<acc_t>(),
-                                                       man_sum.data_ptr<acc_t>(),
-                                                       man_same.data_ptr<acc_t>(),
-                                                       man_lse.data_ptr<acc_t>(),
-                                                       man_loss.data_ptr<acc_t>()};
-  const typename FinalizeBody<acc_t>::Params clu_fin_p{B,
-                                                       N,
-                                                       anchor_ptr,
-                                                       clu_max.data_ptr<acc_t>(),
-                                                       clu_sum.data_ptr<acc_t>(),
-                                                       clu_same.data_ptr<acc_t>(),
-                                                       clu_lse.data_ptr<acc_t>(),
-                                                       clu_loss.data_ptr<acc_t>()};
+  const auto man_lse_p = man.update(s, 0, o);
+  const auto clu_lse_p = clu.update(sc, 0, o);
+  const auto man_fin_p = man.finalize();
+  const auto clu_fin_p = clu.finalize();
   const typename ClusterCoefBody<acc_t>::Params coef_p{
       B,
       N,
       anchor_ptr,
-      clu_same.data_ptr<acc_t>(),
-      clu_lse.data_ptr<acc_t>(),
+      clu.same_data(),
+      clu.lse_data(),
       static_cast<acc_t>(1.0 / static_cast<double>(B * (N - 1))) * inv_tau,
       pos_coef.data_ptr<acc_t>(),
       row_scale.data_ptr<acc_t>()};
   const acc_t man_scale = static_cast<acc_t>(o.manifold_weight / static_cast<double>(Mq)) * inv_tau;
   const typename GradTileBody<acc_t>::Params man_grad_p{tile_params<acc_t>(s, 0, N, o, nullptr),
-                                                        man_lse.data_ptr<acc_t>(), nullptr, man_scale, nullptr};
+                                                        man.lse_data(), nullptr, man_scale, nullptr};
   const typename GradTileBody<acc_t>::Params clu_grad_p{tile_params<acc_t>(sc, 0, N, o, anchor_ptr),
-                                                        clu_lse.data_ptr<acc_t>(), row_scale.data_ptr<acc_t>(),
+                                                        clu.lse_data(), row_scale.data_ptr<acc_t>(),
                                                         acc_t(0), pos_coef.data_ptr<acc_t>()};
 
   passes.blocks(B, blocks, [&](int64_t block, int64_t b0, int64_t b1) {
@@ -358,7 +366,7 @@ ForwardOutputs lmc_loss_forward_row_blocks(Passes& passes, const Normalized<acc_
   if (need_kz) {
     at::sum_out(g.kz, kz_shares, 0);
   }
-  return {loss_from_rows(clu_loss, man_loss, B, N, o), clu_lse, clu_same, man_lse, g.q, g.anchors, g.kz, g.kt};
+  return {loss_from_rows(clu.loss, man.loss, B, N, o), clu.lse, clu.same, man.lse, g.q, g.anchors, g.kz, g.kt};
 }
 
 // Returns (loss, cluster_lse [B], cluster_logits [B, N], manifold_lse [B*N], and the unit gradients q,
@@ -384,48 +392,24 @@ ForwardOutputs lmc_loss_forward_tiled(
     }
   }
   const auto opts = n.q.options();
-  const acc_t minus_inf = -std::numeric_limits<acc_t>::infinity();
-
-  at::Tensor man_max = at::full({Mq}, minus_inf, opts);
-  at::Tensor man_sum = at::zeros({Mq}, opts);
-  at::Tensor man_same = at::empty({Mq, N}, opts);
-  at::Tensor clu_max = at::full({B}, minus_inf, opts);
-  at::Tensor clu_sum = at::zeros({B}, opts);
-  at::Tensor clu_same = at::empty({B, N}, opts);
-
+  RowLse<acc_t> man(Mq, N, nullptr, opts);
+  RowLse<acc_t> clu(B, N, anchor_ptr, opts);
   at::Tensor man_buf = at::empty({Mq * T}, opts);
   at::Tensor clu_buf = at::empty({B * T}, opts);
   for (int64_t c0 = 0; c0 < Mk; c0 += T) {
     const int64_t tc = std::min(T, Mk - c0);
     at::Tensor s = similarity_tile(man_buf, n.q, n.kt.narrow(0, c0, tc));
-    passes.template for_each<LseTileBody<acc_t>>(
-        {tile_params<acc_t>(s, c0, N, o, nullptr), man_max.data_ptr<acc_t>(), man_sum.data_ptr<acc_t>(),
-         man_same.data_ptr<acc_t>()},
-        Mq, 8 * tc);
+    passes.template for_each<LseTileBody<acc_t>>(man.update(s, c0, o), Mq, 8 * tc);
     at::Tensor sc = similarity_tile(clu_buf, n.anchors, n.kz.narrow(0, c0, tc));
-    passes.template for_each<LseTileBody<acc_t>>(
-        {tile_params<acc_t>(sc, c0, N, o, anchor_ptr), clu_max.data_ptr<acc_t>(), clu_sum.data_ptr<acc_t>(),
-         clu_same.data_ptr<acc_t>()},
-        B, 8 * tc);
+    passes.template for_each<LseTileBody<acc_t>>(clu.update(sc, c0, o), B, 8 * tc);
   }
+  passes.template for_each<FinalizeBody<acc_t>>(man.finalize(), Mq, 8);
+  passes.template for_each<FinalizeBody<acc_t>>(clu.finalize(), B, 8 * N);
 
-  at::Tensor man_lse = at::empty({Mq}, opts);
-  at::Tensor man_loss = at::empty({Mq}, opts);
-  passes.template for_each<FinalizeBody<acc_t>>(
-      {Mq, N, nullptr, man_max.data_ptr<acc_t>(), man_sum.data_ptr<acc_t>(), man_same.data_ptr<acc_t>(),
-       man_lse.data_ptr<acc_t>(), man_loss.data_ptr<acc_t>()},
-      Mq, 8);
-  at::Tensor clu_lse = at::empty({B}, opts);
-  at::Tensor clu_loss = at::empty({B}, opts);
-  passes.template for_each<FinalizeBody<acc_t>>(
-      {B, N, anchor_ptr, clu_max.data_ptr<acc_t>(), clu_sum.data_ptr<acc_t>(), clu_same.data_ptr<acc_t>(),
-       clu_lse.data_ptr<acc_t>(), clu_loss.data_ptr<acc_t>()},
-      B, 8 * N);
-
-  at::Tensor loss = loss_from_rows(clu_loss, man_loss, B, N, o);
-  const UnitGrads g = unit_grads_tiled<acc_t>(passes, n, anchor_ptr, clu_lse, clu_same, man_lse, o, needs, N, T,
+  at::Tensor loss = loss_from_rows(clu.loss, man.loss, B, N, o);
+  const UnitGrads g = unit_grads_tiled<acc_t>(passes, n, anchor_ptr, clu.lse, clu.same, man.lse, o, needs, N, T,
                                               man_buf, clu_buf, /*first_tile_ready=*/T >= Mk);
-  return {loss, clu_lse, clu_same, man_lse, g.q, g.anchors, g.kz, g.kt};
+  return {loss, clu.lse, clu.same, man.lse, g.q, g.anchors, g.kz, g.kt};
 }
 
 // Whether the forward's unit gradients cover what backward needs (the wrapper asks for exactly the
