@@ -336,28 +336,28 @@ ForwardOutputs lmc_loss_forward_row_blocks(Passes& passes, const Normalized<acc_
     at::mm_out(sc_rows, a_rows, n.kz.t());
     passes.template serial<LseTileBody<acc_t>>(clu_lse_p, b0, b1);
     passes.template serial<FinalizeBody<acc_t>>(clu_fin_p, b0, b1);
+    // Rows of G in place of the similarities, then the query rows' gradient G K and this block's share G^T Q
+    // of the keys' gradient.
+    const auto gemms = [&](const at::Tensor& g_rows, const at::Tensor& keys, const at::Tensor& queries,
+                           std::optional<at::Tensor> dq_rows, std::optional<at::Tensor> dk_share) {
+      if (dq_rows) {
+        at::mm_out(*dq_rows, g_rows, keys);
+      }
+      if (dk_share) {
+        at::mm_out(*dk_share, g_rows.t(), queries);
+      }
+    };
+    using Out = std::optional<at::Tensor>;
     if (need_q || need_kt) {
       passes.template grad_rows<acc_t>(man_grad_p, r0, r1);
-      if (need_q) {
-        at::Tensor dq_rows = g.q.narrow(0, r0, r1 - r0);
-        at::mm_out(dq_rows, s_rows, n.kt);
-      }
-      if (need_kt) {
-        at::Tensor share = kt_shares.select(0, block);
-        at::mm_out(share, s_rows.t(), q_rows);
-      }
+      gemms(s_rows, n.kt, q_rows, need_q ? Out(g.q.narrow(0, r0, r1 - r0)) : std::nullopt,
+            need_kt ? Out(kt_shares.select(0, block)) : std::nullopt);
     }
     if (need_q || need_kz) {
       passes.template serial<ClusterCoefBody<acc_t>>(coef_p, b0, b1);
       passes.template grad_rows<acc_t>(clu_grad_p, b0, b1);
-      if (need_q) {
-        at::Tensor da_rows = g.anchors.narrow(0, b0, b1 - b0);
-        at::mm_out(da_rows, sc_rows, n.kz);
-      }
-      if (need_kz) {
-        at::Tensor share = kz_shares.select(0, block);
-        at::mm_out(share, sc_rows.t(), a_rows);
-      }
+      gemms(sc_rows, n.kz, a_rows, need_q ? Out(g.anchors.narrow(0, b0, b1 - b0)) : std::nullopt,
+            need_kz ? Out(kz_shares.select(0, block)) : std::nullopt);
     }
   });
   if (need_kt) {
