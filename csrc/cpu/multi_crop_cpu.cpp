@@ -30,7 +30,7 @@ namespace {
 constexpr int64_t kRowsPerItem = 32;
 
 // Output columns per vector block of the forward's column step: one register of floats of that clone.
-constexpr int64_t simd_block(int simd) { return simd == kSimdAvx512 ? 16 : simd == kSimdAvx2 ? 8 : 0; }
+constexpr int64_t simd_block(int simd) { return simd >= kSimdAvx512 ? 16 : simd == kSimdAvx2 ? 8 : 0; }
 
 // The column taps of one crop (flip applied) as flat tables: offsets of the two source columns within
 // the vertically resampled row (channel-planar floats, the row starting at source column `lo`) and weights.
@@ -256,31 +256,30 @@ LMCL_AVX2_CLONE inline void resample_columns_avx2(const float* v, int64_t vs, co
 
 // ---- AVX-512 clone: 16 floats ----
 
-// Row step of 3 interleaved uint8 channels, 16 pixels (48 bytes, one masked load per row) at a time:
-// one byte permute per channel spreads its 16 samples into 32-bit lanes, zero-extended (VBMI).
+// Row step of 3 interleaved uint8 channels, 16 pixels (48 bytes, one masked load per row) at a time, the
+// last few pixels with shorter masks: one byte permute per channel spreads its 16 samples into 32-bit
+// lanes, zero-extended (VBMI).
 LMCL_AVX512_CLONE inline int64_t resample_rows_rgb_avx512(const uint8_t* r0, const uint8_t* r1, int64_t cols,
                                                           const CropTap<float>& ty, float* v, int64_t vs) {
   const __m512 w0 = _mm512_set1_ps(ty.l0);
   const __m512 w1 = _mm512_set1_ps(ty.l1);
-  const __mmask64 bytes48 = (__mmask64(1) << 48) - 1;
   const __mmask64 low_bytes = 0x1111111111111111ull;  // byte 0 of every 32-bit lane
-  __m512i pick[3];
-  for (int c = 0; c < 3; ++c) {
-    pick[c] = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                                  _mm512_set1_epi32(3)),
-                               _mm512_set1_epi32(c));
-  }
-  int64_t k = 0;
-  for (; k + 16 <= cols; k += 16) {
-    const __m512i a = _mm512_maskz_loadu_epi8(bytes48, r0 + 3 * k);
-    const __m512i b = _mm512_maskz_loadu_epi8(bytes48, r1 + 3 * k);
+  const __m512i pixel = _mm512_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36, 39, 42, 45);
+  const __m512i pick[3] = {pixel, _mm512_add_epi32(pixel, _mm512_set1_epi32(1)),
+                           _mm512_add_epi32(pixel, _mm512_set1_epi32(2))};
+  for (int64_t k = 0; k < cols; k += 16) {
+    const int64_t n = std::min<int64_t>(16, cols - k);
+    const __mmask64 bytes = n == 16 ? (__mmask64(1) << 48) - 1 : (__mmask64(1) << (3 * n)) - 1;
+    const __mmask16 lanes = static_cast<__mmask16>((1u << n) - 1);
+    const __m512i a = _mm512_maskz_loadu_epi8(bytes, r0 + 3 * k);
+    const __m512i b = _mm512_maskz_loadu_epi8(bytes, r1 + 3 * k);
     for (int c = 0; c < 3; ++c) {
       const __m512 pa = _mm512_cvtepi32_ps(_mm512_maskz_permutexvar_epi8(low_bytes, pick[c], a));
       const __m512 pb = _mm512_cvtepi32_ps(_mm512_maskz_permutexvar_epi8(low_bytes, pick[c], b));
-      _mm512_storeu_ps(v + c * vs + k, _mm512_add_ps(_mm512_mul_ps(w0, pa), _mm512_mul_ps(w1, pb)));
+      _mm512_mask_storeu_ps(v + c * vs + k, lanes, _mm512_add_ps(_mm512_mul_ps(w0, pa), _mm512_mul_ps(w1, pb)));
     }
   }
-  return k;
+  return cols;
 }
 
 LMCL_AVX512_CLONE inline void store16(__m512 r, float* o) { _mm512_storeu_ps(o, r); }
@@ -295,8 +294,27 @@ LMCL_AVX512_CLONE inline void store16(__m512 r, c10::Half* o) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm512_cvtps_ph(r, _MM_FROUND_TO_NEAREST_INT));
 }
 
+// bfloat16 by VCVTNEPS2BF16 (the AVX512-BF16 clone): nearest even like store_row, but it flushes
+// denormals and keeps NaN payloads, so a vector holding either takes the integer rounding.
+LMCL_AVX512BF16_CLONE inline void store16_bf16_insn(__m512 r, c10::BFloat16* o) {
+  if (_mm512_fpclass_ps_mask(r, 0xa1) != 0) {  // quiet NaN (0x01), denormal (0x20), signalling NaN (0x80)
+    store16(r, o);
+    return;
+  }
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(r)));
+}
+
+template <int kSimd, typename out_t>
+LMCL_AVX512_CLONE inline void store16_out(__m512 r, out_t* o) {
+  if constexpr (kSimd == kSimdAvx512Bf16 && std::is_same_v<out_t, c10::BFloat16>) {
+    store16_bf16_insn(r, o);
+  } else {
+    store16(r, o);
+  }
+}
+
 // Column step as resample_columns_avx2, 16 columns per block: each tap is one two-register permute.
-template <int kC, typename out_t>
+template <int kC, int kSimd, typename out_t>
 LMCL_AVX512_CLONE inline void resample_columns_avx512(const float* v, int64_t vs, const ColumnTable& t,
                                                       const float* scale, const float* shift, out_t* const* o) {
   __m512 scale_c[kC], shift_c[kC];
@@ -320,7 +338,7 @@ LMCL_AVX512_CLONE inline void resample_columns_avx512(const float* v, int64_t vs
         const __m512 a = _mm512_permutex2var_ps(lo, p0, hi);
         const __m512 b = _mm512_permutex2var_ps(lo, p1, hi);
         const __m512 mixed = _mm512_add_ps(_mm512_mul_ps(w0, a), _mm512_mul_ps(w1, b));
-        store16(_mm512_add_ps(_mm512_mul_ps(mixed, scale_c[c]), shift_c[c]), o[c] + x);
+        store16_out<kSimd>(_mm512_add_ps(_mm512_mul_ps(mixed, scale_c[c]), shift_c[c]), o[c] + x);
       }
     } else {
       const __m512i g0 = _mm512_loadu_si512(t.i0.data() + x);
@@ -329,7 +347,7 @@ LMCL_AVX512_CLONE inline void resample_columns_avx512(const float* v, int64_t vs
         const float* s = v + c * vs;
         const __m512 mixed = _mm512_add_ps(_mm512_mul_ps(w0, _mm512_i32gather_ps(g0, s, 4)),
                                            _mm512_mul_ps(w1, _mm512_i32gather_ps(g1, s, 4)));
-        store16(_mm512_add_ps(_mm512_mul_ps(mixed, scale_c[c]), shift_c[c]), o[c] + x);
+        store16_out<kSimd>(_mm512_add_ps(_mm512_mul_ps(mixed, scale_c[c]), shift_c[c]), o[c] + x);
       }
     }
   }
@@ -352,7 +370,7 @@ inline void crop_rows(const MultiCropParams<in_t, out_t>& p, int64_t bn, int64_t
 #ifdef LMCL_HAS_AVX2_CLONE
     if constexpr (kSimd >= kSimdAvx2 && kC == 3) {
       if (p.s_x == 3 && p.s_c == 1) {  // interleaved channels, packed pixels
-        if constexpr (kSimd == kSimdAvx512 && std::is_same_v<in_t, uint8_t>) {
+        if constexpr (kSimd >= kSimdAvx512 && std::is_same_v<in_t, uint8_t>) {
           k0 = resample_rows_rgb_avx512(r0, r1, t.cols, ty, v, vs);
         } else {
           k0 = resample_rows_rgb_avx2(r0, r1, t.cols, ty, v, vs);
@@ -369,8 +387,8 @@ inline void crop_rows(const MultiCropParams<in_t, out_t>& p, int64_t bn, int64_t
 #ifdef LMCL_HAS_AVX2_CLONE
     if constexpr (kSimd >= kSimdAvx2) {
       if (p.o_sx == 1) {
-        if constexpr (kSimd == kSimdAvx512) {
-          resample_columns_avx512<kC>(v, vs, t, p.scale, p.shift, o);
+        if constexpr (kSimd >= kSimdAvx512) {
+          resample_columns_avx512<kC, kSimd>(v, vs, t, p.scale, p.shift, o);
         } else {
           resample_columns_avx2<kC>(v, vs, t, p.scale, p.shift, o);
         }
@@ -418,6 +436,11 @@ LMCL_AVX2_CLONE void forward_items_avx2(const MultiCropParams<in_t, out_t>& p, s
 template <int kC, typename in_t, typename out_t>
 LMCL_AVX512_CLONE void forward_items_avx512(const MultiCropParams<in_t, out_t>& p, std::atomic<int64_t>& next) {
   forward_items<kC, kSimdAvx512>(p, next);
+}
+
+template <int kC, typename in_t, typename out_t>
+LMCL_AVX512BF16_CLONE void forward_items_avx512bf16(const MultiCropParams<in_t, out_t>& p, std::atomic<int64_t>& next) {
+  forward_items<kC, kSimdAvx512Bf16>(p, next);
 }
 #endif
 
@@ -484,7 +507,13 @@ struct MultiCropCpu {
 #endif
     at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
 #ifdef LMCL_HAS_AVX2_CLONE
-      if (simd == kSimdAvx512) {
+      if constexpr (std::is_same_v<out_t, c10::BFloat16>) {
+        if (simd == kSimdAvx512Bf16) {
+          forward_items_avx512bf16<kC>(p, next);
+          return;
+        }
+      }
+      if (simd >= kSimdAvx512) {
         forward_items_avx512<kC>(p, next);
         return;
       }

@@ -1,11 +1,12 @@
 // Run-time choice between the baseline x86-64 build (SSE2, 4 floats), an AVX2 + FMA + F16C clone of the
-// same loops (8 floats) and, for multi_crop, an AVX-512 (F, BW, VL, VBMI) clone (16 floats); flatten
+// same loops (8 floats) and, for multi_crop, AVX-512 (F, BW, VL, VBMI; + BF16, DQ) clones (16 floats); flatten
 // inlines the shared kernels/ functions into each clone. The clones round like the baseline build (no
 // contraction into FMAs, setup.py), and one machine always takes the same path.
 #pragma once
 
 namespace lmcl {
-enum SimdLevel : int { kSimdBaseline = 0, kSimdAvx2 = 1, kSimdAvx512 = 2 };
+// kSimdAvx512Bf16: AVX-512 plus BF16 and DQ (VCVTNEPS2BF16 for bfloat16 stores).
+enum SimdLevel : int { kSimdBaseline = 0, kSimdAvx2 = 1, kSimdAvx512 = 2, kSimdAvx512Bf16 = 3 };
 }  // namespace lmcl
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -13,6 +14,8 @@ enum SimdLevel : int { kSimdBaseline = 0, kSimdAvx2 = 1, kSimdAvx512 = 2 };
 #define LMCL_AVX2_CLONE __attribute__((target("avx2,fma,f16c"), flatten))
 #define LMCL_AVX512_CLONE \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx2,fma,f16c"), flatten))
+#define LMCL_AVX512BF16_CLONE \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512bf16,avx512dq,avx2,fma,f16c"), flatten))
 
 #include <immintrin.h>
 
@@ -21,8 +24,8 @@ enum SimdLevel : int { kSimdBaseline = 0, kSimdAvx2 = 1, kSimdAvx512 = 2 };
 
 namespace lmcl {
 
-// The widest clone this CPU runs, capped by the environment variable LMCL_CPU_SIMD (baseline, avx2 or
-// avx512; read at every call, so a test can run each path on one machine).
+// The widest clone this CPU runs, capped by the environment variable LMCL_CPU_SIMD (baseline, avx2,
+// avx512 or avx512bf16; read at every call, so a test can run each path on one machine).
 inline int cpu_simd_level() {
   static const int detected = [] {
     __builtin_cpu_init();
@@ -31,7 +34,11 @@ inline int cpu_simd_level() {
     }
     const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi");
-    return int(avx512 ? kSimdAvx512 : kSimdAvx2);
+    if (!avx512) {
+      return int(kSimdAvx2);
+    }
+    return int(__builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512dq") ? kSimdAvx512Bf16
+                                                                                           : kSimdAvx512);
   }();
   const char* cap = std::getenv("LMCL_CPU_SIMD");
   if (cap == nullptr) {
@@ -39,7 +46,8 @@ inline int cpu_simd_level() {
   }
   const int limit = std::strcmp(cap, "baseline") == 0 ? kSimdBaseline
                     : std::strcmp(cap, "avx2") == 0   ? kSimdAvx2
-                                                      : kSimdAvx512;
+                    : std::strcmp(cap, "avx512") == 0 ? kSimdAvx512
+                                                      : kSimdAvx512Bf16;
   return detected < limit ? detected : limit;
 }
 
