@@ -256,28 +256,34 @@ LMCL_AVX2_CLONE inline void resample_columns_avx2(const float* v, int64_t vs, co
 
 // ---- AVX-512 clone: 16 floats ----
 
-// Row step of 3 interleaved uint8 channels, 16 pixels (48 bytes, one masked load per row) at a time, the
-// last few pixels with shorter masks: one byte permute per channel spreads its 16 samples into 32-bit
-// lanes, zero-extended (VBMI).
+// Row step of 16 pixels of 3 interleaved uint8 channels (48 bytes of a and of b), stored from v + k in
+// each plane: one byte permute per channel spreads its 16 samples into 32-bit lanes, zero-extended (VBMI).
+LMCL_AVX512_CLONE inline void mix16_rgb(__m512i a, __m512i b, __m512 w0, __m512 w1, float* v, int64_t vs) {
+  const __mmask64 low_bytes = 0x1111111111111111ull;  // byte 0 of every 32-bit lane
+  const __m512i pixel = _mm512_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36, 39, 42, 45);
+  for (int c = 0; c < 3; ++c) {
+    const __m512i pick = _mm512_add_epi32(pixel, _mm512_set1_epi32(c));
+    const __m512 pa = _mm512_cvtepi32_ps(_mm512_maskz_permutexvar_epi8(low_bytes, pick, a));
+    const __m512 pb = _mm512_cvtepi32_ps(_mm512_maskz_permutexvar_epi8(low_bytes, pick, b));
+    _mm512_storeu_ps(v + c * vs, _mm512_add_ps(_mm512_mul_ps(w0, pa), _mm512_mul_ps(w1, pb)));
+  }
+}
+
+// Row step of 3 interleaved uint8 channels, 16 pixels at a time: plain 64-byte loads while they stay
+// inside the crop's row, masked loads for the last pixels (a row may end at the image's last byte). The
+// stores may run past cols (v has room for 2 * 16 more floats per plane, never read as taps).
 LMCL_AVX512_CLONE inline int64_t resample_rows_rgb_avx512(const uint8_t* r0, const uint8_t* r1, int64_t cols,
                                                           const CropTap<float>& ty, float* v, int64_t vs) {
   const __m512 w0 = _mm512_set1_ps(ty.l0);
   const __m512 w1 = _mm512_set1_ps(ty.l1);
-  const __mmask64 low_bytes = 0x1111111111111111ull;  // byte 0 of every 32-bit lane
-  const __m512i pixel = _mm512_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36, 39, 42, 45);
-  const __m512i pick[3] = {pixel, _mm512_add_epi32(pixel, _mm512_set1_epi32(1)),
-                           _mm512_add_epi32(pixel, _mm512_set1_epi32(2))};
-  for (int64_t k = 0; k < cols; k += 16) {
-    const int64_t n = std::min<int64_t>(16, cols - k);
-    const __mmask64 bytes = n == 16 ? (__mmask64(1) << 48) - 1 : (__mmask64(1) << (3 * n)) - 1;
-    const __mmask16 lanes = static_cast<__mmask16>((1u << n) - 1);
-    const __m512i a = _mm512_maskz_loadu_epi8(bytes, r0 + 3 * k);
-    const __m512i b = _mm512_maskz_loadu_epi8(bytes, r1 + 3 * k);
-    for (int c = 0; c < 3; ++c) {
-      const __m512 pa = _mm512_cvtepi32_ps(_mm512_maskz_permutexvar_epi8(low_bytes, pick[c], a));
-      const __m512 pb = _mm512_cvtepi32_ps(_mm512_maskz_permutexvar_epi8(low_bytes, pick[c], b));
-      _mm512_mask_storeu_ps(v + c * vs + k, lanes, _mm512_add_ps(_mm512_mul_ps(w0, pa), _mm512_mul_ps(w1, pb)));
-    }
+  int64_t k = 0;
+  for (; 3 * k + 64 <= 3 * cols; k += 16) {
+    mix16_rgb(_mm512_loadu_si512(r0 + 3 * k), _mm512_loadu_si512(r1 + 3 * k), w0, w1, v + k, vs);
+  }
+  for (; k < cols; k += 16) {
+    const __mmask64 bytes = (~__mmask64(0)) >> (64 - 3 * std::min<int64_t>(16, cols - k));
+    mix16_rgb(_mm512_maskz_loadu_epi8(bytes, r0 + 3 * k), _mm512_maskz_loadu_epi8(bytes, r1 + 3 * k), w0, w1, v + k,
+              vs);
   }
   return cols;
 }
