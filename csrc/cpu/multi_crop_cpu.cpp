@@ -2,8 +2,8 @@
 // separable form of the math in kernels/multi_crop.h (same taps, same tap_mix, rows first, then columns,
 // so the result is bit-identical to the per-pixel body). Forward: work items = blocks of output rows of
 // one crop, taken from a shared counter; each output row is resampled vertically into a small float row
-// per channel, then horizontally 8 output columns at a time (AVX2: taps picked by register permutes from
-// a per-crop table) and written straight to the output. Backward: one chunk = whole image planes (b, c),
+// per channel, then horizontally 8 (AVX2) or 16 (AVX-512) output columns at a time (taps picked by
+// register permutes, driven by a per-crop table) and written straight to the output. Backward: one chunk = whole image planes (b, c),
 // so every thread owns what it writes and the result is bit-reproducible.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -11,7 +11,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <climits>
 #include <cstring>
 #include <type_traits>
 #include <vector>
