@@ -328,6 +328,43 @@ def test_grid_runner_backward_matches_cpu(grid_runner, threads, max_blocks, grad
     torch.testing.assert_close(got, expected, **TOLERANCES[("multi_crop backward", torch.float32)])
 
 
+# Every CPU forward path (cpu/simd.h: LMCL_CPU_SIMD caps the clone; a level the CPU lacks runs the best it
+# has), at sizes with whole vector blocks and tails, crops shrunk more than 2x (gathered column taps) and
+# enlarged (permuted), mirrored or not: bit-identical to the per-pixel body of the CUDA launch.
+_SIMD_BOXES = torch.tensor([[[0, 0, 61, 97], [3, 5, 30, 40], [10, 7, 9, 12], [0, 0, 61, 20]],
+                            [[1, 2, 57, 90], [5, 30, 33, 67], [0, 0, 1, 1], [20, 3, 41, 94]]])
+
+
+def _bits(t):
+    return t.view(torch.int32) if t.dtype == torch.float32 else t.view(torch.int16)
+
+
+@pytest.mark.parametrize("simd", ["baseline", "avx2", "avx512", "avx512bf16"])
+@pytest.mark.parametrize("kind", ["uint8", "float32", "float32-nhwc"])
+def test_grid_runner_matches_every_cpu_path(grid_runner, monkeypatch, simd, kind):
+    monkeypatch.setenv("LMCL_CPU_SIMD", simd)
+    g = torch.Generator().manual_seed(1)
+    flips = torch.tensor([[True, False, True, False], [False, True, False, True]])
+    for C in (1, 3):
+        if kind == "uint8":
+            images = torch.randint(0, 256, (2, 61, 97, C), dtype=torch.uint8, generator=g)
+        else:
+            images = torch.rand((2, C, 61, 97), generator=g)
+            # Denormals and a NaN: the vector half stores must round them as c10::BFloat16 / c10::Half do.
+            images[0, :, 4:6, 10:12] = 1e-39
+            images[1, 0, 30, 50] = float("nan")
+            if kind == "float32-nhwc":
+                images = images.contiguous(memory_format=torch.channels_last)
+        mean, std = (list(MEAN[:C]), list(STD[:C])) if kind == "uint8" else (None, None)
+        for out_dtype in OUT_DTYPES:
+            for memory_format in (torch.contiguous_format, torch.channels_last):
+                expected = multi_crop(images, _SIMD_BOXES, (37, 45), mean=mean, std=std, flip=flips,
+                                      out_dtype=out_dtype, memory_format=memory_format)
+                got = grid_runner.multi_crop(images, _SIMD_BOXES, [37, 45], mean, std, flips, out_dtype, 256, 4096,
+                                             memory_format=memory_format)
+                assert torch.equal(_bits(got), _bits(expected)), (C, out_dtype, memory_format)
+
+
 def test_grid_runner_backward_empty(grid_runner):
     no_boxes = torch.zeros((2, 0, 4), dtype=torch.int64)
     got = grid_runner.multi_crop_backward(torch.zeros((2, 0, 3, 5, 7)), no_boxes, None, None, 13, 17, 32, 2)

@@ -1,22 +1,19 @@
 // multi_crop and its backward on the CPU: the at::parallel_for backend of host/multi_crop.h, running a
-// separable form of the math in kernels/multi_crop.h (same taps, same tap_mix,
-// rows first, then columns). Forward: one chunk = a block of output rows of one crop; each row is
-// resampled vertically into a small float row (all channels, interleaved) and then horizontally, four
-// output pixels at a time. Backward: one chunk = whole image planes (b, c), so every thread owns what it
-// writes and the result is bit-reproducible.
+// separable form of the math in kernels/multi_crop.h (same taps, same tap_mix, rows first, then columns,
+// so the result is bit-identical to the per-pixel body). Forward: work items = blocks of output rows of
+// one crop, taken from a shared counter; each output row is resampled vertically into a small float row
+// per channel, then horizontally 8 (AVX2) or 16 (AVX-512) output columns at a time (taps picked by
+// register permutes, driven by a per-crop table) and written straight to the output. Backward: one chunk = whole image planes (b, c),
+// so every thread owns what it writes and the result is bit-reproducible.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
+#include <atomic>
 #include <cstring>
 #include <type_traits>
 #include <vector>
-
-#if defined(__SSE2__)
-#include <immintrin.h>
-#endif
 
 #include "cpu/simd.h"
 #include "host/boxes.h"
@@ -31,14 +28,22 @@ namespace {
 // Output rows per work item: a few items per crop keep both threads busy even at B = 1.
 constexpr int64_t kRowsPerItem = 32;
 
-// The column taps of one crop (flip applied) as flat tables: v offsets of the two source pixels within
-// the vertically resampled row (kC floats per pixel, the row starting at source column `lo`) and weights.
+// Output columns per vector block of the forward's column step: one register of floats of that clone.
+constexpr int64_t simd_block(int simd) { return simd >= kSimdAvx512 ? 16 : simd == kSimdAvx2 ? 8 : 0; }
+
+// The column taps of one crop (flip applied) as flat tables: offsets of the two source columns within
+// the vertically resampled row (channel-planar floats, the row starting at source column `lo`) and weights.
+// The vector forward also gets, per block of `block` output columns, the block's first source column
+// `block_lo` and each tap's offset from it (p0, p1, below 2 * block): the column step loads the 2 * block
+// floats from block_lo on and picks the taps with register permutes instead of gathers. A block whose
+// taps span more (a crop shrunk about 2x or more) has block_lo = -1 and gathers.
 struct ColumnTable {
   std::vector<int32_t> i0, i1;
   std::vector<float> l0, l1;
+  std::vector<int32_t> block_lo, p0, p1;
   int64_t lo = 0, cols = 0;
 
-  void fill(int64_t width, bool flipped, int64_t out_w, int64_t channels) {
+  void fill(int64_t width, bool flipped, int64_t out_w) {
     i0.resize(out_w);
     i1.resize(out_w);
     l0.resize(out_w);
@@ -50,10 +55,31 @@ struct ColumnTable {
     cols = std::max(first.i1, last.i1) - lo + 1;
     for (int64_t x = 0; x < out_w; ++x) {
       const CropTap<float> t = crop_col_tap<float>(x, flipped, width, out_w);
-      i0[x] = static_cast<int32_t>((t.i0 - lo) * channels);
-      i1[x] = static_cast<int32_t>((t.i1 - lo) * channels);
+      i0[x] = static_cast<int32_t>(t.i0 - lo);
+      i1[x] = static_cast<int32_t>(t.i1 - lo);
       l0[x] = t.l0;
       l1[x] = t.l1;
+    }
+  }
+
+  void fill_blocks(int64_t out_w, int64_t block) {
+    const int64_t blocks = block > 0 ? out_w / block : 0;
+    block_lo.resize(blocks);
+    p0.resize(blocks * block);
+    p1.resize(blocks * block);
+    for (int64_t k = 0; k < blocks; ++k) {
+      const int32_t* a = i0.data() + k * block;
+      const int32_t* b = i1.data() + k * block;
+      int32_t first = a[0], end = b[0];
+      for (int64_t j = 0; j < block; ++j) {
+        first = std::min({first, a[j], b[j]});
+        end = std::max({end, a[j], b[j]});
+      }
+      block_lo[k] = end - first < 2 * block ? first : -1;
+      for (int64_t j = 0; j < block; ++j) {
+        p0[k * block + j] = a[j] - first;
+        p1[k * block + j] = b[j] - first;
+      }
     }
   }
 };
@@ -65,8 +91,8 @@ inline out_t* output_row(const MultiCropParams<in_t, out_t>& p, int64_t bn, int6
   return p.out + bn * p.o_sn + c * p.o_sc + y * p.o_sy;
 }
 
-// Float row -> out_t row. bfloat16: round to nearest even on the bits (vectorises); float16: F16C in
-// the AVX2 clone (store_output_row), c10::Half's conversion otherwise.
+// Float row -> out_t row. bfloat16: round to nearest even on the bits (vectorises); float16:
+// c10::Half's conversion (nearest even; the vector clones use F16C, which rounds alike).
 inline void store_row(const float* v, float* o, int64_t n) {
   std::memcpy(o, v, static_cast<size_t>(n) * sizeof(float));
 }
@@ -86,117 +112,340 @@ inline void store_row(const float* v, c10::Half* o, int64_t n) {
   }
 }
 
-#ifdef LMCL_HAS_AVX2_CLONE
-// float16 with F16C (the AVX2 clone), 8 values per instruction; rounds to nearest even like c10::Half.
-LMCL_AVX2_CLONE inline void store_row_f16c(const float* v, c10::Half* o, int64_t n) {
-  int64_t x = 0;
-  for (; x + 8 <= n; x += 8) {
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(o + x),
-                     _mm256_cvtps_ph(_mm256_loadu_ps(v + x), _MM_FROUND_TO_NEAREST_INT));
+template <typename out_t>
+inline void store_strided(const float* v, out_t* o, int64_t n, int64_t o_sx) {
+  if (o_sx == 1) {
+    store_row(v, o, n);
+    return;
   }
-  store_row(v + x, o + x, n - x);
+  for (int64_t x = 0; x < n; ++x) {  // channels-last crops: one element per pixel, C apart
+    store_row(v + x, o + x * o_sx, 1);
+  }
 }
-#endif
 
-template <bool kAvx2, typename out_t>
-inline void store_output_row(const float* v, out_t* o, int64_t n, int64_t o_sx) {
-  if (o_sx != 1) {  // channels-last crops: one element per pixel, C apart (same rounding as store_row)
-    for (int64_t x = 0; x < n; ++x) {
-      store_row(v + x, o + x * o_sx, 1);
+// Row step of one output row: the two source rows r0, r1 (at the crop's source column lo) mixed into
+// kC channel planes of v (stride vs), source columns k0..cols. Vectorised by the compiler where a
+// channel's samples are contiguous (float32 NCHW, one channel); interleaved channels (uint8 NHWC) take
+// the clones' paths below for all but the last few columns.
+template <int kC, typename in_t>
+inline void resample_rows(const in_t* r0, const in_t* r1, int64_t s_c, int64_t s_x, int64_t k0, int64_t cols,
+                          const CropTap<float>& ty, float* v, int64_t vs) {
+  for (int c = 0; c < kC; ++c) {
+    const in_t* a = r0 + c * s_c;
+    const in_t* b = r1 + c * s_c;
+    float* d = v + c * vs;
+    if (s_x == 1) {
+      for (int64_t k = k0; k < cols; ++k) {
+        d[k] = tap_mix(ty, static_cast<float>(a[k]), static_cast<float>(b[k]));
+      }
+    } else {
+      for (int64_t k = k0; k < cols; ++k) {
+        d[k] = tap_mix(ty, static_cast<float>(a[k * s_x]), static_cast<float>(b[k * s_x]));
+      }
     }
-    return;
   }
-#ifdef LMCL_HAS_AVX2_CLONE
-  if constexpr (kAvx2 && std::is_same_v<out_t, c10::Half>) {
-    store_row_f16c(v, o, n);
-    return;
-  }
-#endif
-  store_row(v, o, n);
 }
 
-// Output rows y0..y1 of crop bn. v: scratch for one vertically resampled row (cols * kC + 4 floats);
-// h: scratch for one output row of every channel (kC * out_w floats).
-template <int kC, bool kAvx2, typename in_t, typename out_t>
+// Column step of channel plane v for output columns x0..x1: tap_mix of the two taps, then the affine.
+inline void resample_columns(const float* v, const ColumnTable& t, int64_t x0, int64_t x1, float scale, float shift,
+                             float* h) {
+  for (int64_t x = x0; x < x1; ++x) {
+    const CropTap<float> tx{t.i0[x], t.i1[x], t.l0[x], t.l1[x]};
+    h[x] = tap_mix(tx, v[t.i0[x]], v[t.i1[x]]) * scale + shift;
+  }
+}
+
+#ifdef LMCL_HAS_AVX2_CLONE
+// ---- AVX2 clone: 8 floats ----
+
+// 8 samples as floats: 8 bytes (uint8) or 8 floats.
+LMCL_AVX2_CLONE inline __m256 load8(const uint8_t* s) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(s))));
+}
+LMCL_AVX2_CLONE inline __m256 load8(const float* s) { return _mm256_loadu_ps(s); }
+
+// Row step of 3 interleaved channels (pixels 3 samples apart, channels adjacent: uint8 NHWC), 8 pixels at
+// a time: tap_mix on the interleaved samples, then split into the three channel planes (2 blends and a
+// permute per plane). Returns the first column left to the scalar loop.
+template <typename in_t>
+LMCL_AVX2_CLONE inline int64_t resample_rows_rgb_avx2(const in_t* r0, const in_t* r1, int64_t cols,
+                                                      const CropTap<float>& ty, float* v, int64_t vs) {
+  const __m256 w0 = _mm256_set1_ps(ty.l0);
+  const __m256 w1 = _mm256_set1_ps(ty.l1);
+  const __m256i to_r = _mm256_setr_epi32(0, 3, 6, 1, 4, 7, 2, 5);
+  const __m256i to_g = _mm256_setr_epi32(1, 4, 7, 2, 5, 0, 3, 6);
+  const __m256i to_b = _mm256_setr_epi32(2, 5, 0, 3, 6, 1, 4, 7);
+  int64_t k = 0;
+  for (; k + 8 <= cols; k += 8) {
+    const in_t* a = r0 + 3 * k;
+    const in_t* b = r1 + 3 * k;
+    // m0: R0 G0 B0 R1 G1 B1 R2 G2, m1: B2 R3 G3 B3 R4 G4 B4 R5, m2: G5 B5 R6 G6 B6 R7 G7 B7
+    const __m256 m0 = _mm256_add_ps(_mm256_mul_ps(w0, load8(a)), _mm256_mul_ps(w1, load8(b)));
+    const __m256 m1 = _mm256_add_ps(_mm256_mul_ps(w0, load8(a + 8)), _mm256_mul_ps(w1, load8(b + 8)));
+    const __m256 m2 = _mm256_add_ps(_mm256_mul_ps(w0, load8(a + 16)), _mm256_mul_ps(w1, load8(b + 16)));
+    const __m256 r = _mm256_blend_ps(_mm256_blend_ps(m0, m1, 0x92), m2, 0x24);
+    const __m256 g = _mm256_blend_ps(_mm256_blend_ps(m0, m1, 0x24), m2, 0x49);
+    const __m256 bl = _mm256_blend_ps(_mm256_blend_ps(m0, m1, 0x49), m2, 0x92);
+    _mm256_storeu_ps(v + k, _mm256_permutevar8x32_ps(r, to_r));
+    _mm256_storeu_ps(v + vs + k, _mm256_permutevar8x32_ps(g, to_g));
+    _mm256_storeu_ps(v + 2 * vs + k, _mm256_permutevar8x32_ps(bl, to_b));
+  }
+  return k;
+}
+
+// 8 results -> out_t at o: float32 as is, bfloat16 rounded to nearest even on the bits (as store_row),
+// float16 by F16C.
+LMCL_AVX2_CLONE inline void store8(__m256 r, float* o) { _mm256_storeu_ps(o, r); }
+LMCL_AVX2_CLONE inline void store8(__m256 r, c10::BFloat16* o) {
+  const __m256i b = _mm256_castps_si256(r);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+  __m256i h = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7fff)), odd), 16);
+  h = _mm256_blendv_epi8(h, _mm256_set1_epi32(0x7fc0), _mm256_castps_si256(_mm256_cmp_ps(r, r, _CMP_UNORD_Q)));
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(h, h), 0x08);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(o), _mm256_castsi256_si128(packed));
+}
+LMCL_AVX2_CLONE inline void store8(__m256 r, c10::Half* o) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(o), _mm256_cvtps_ph(r, _MM_FROUND_TO_NEAREST_INT));
+}
+
+// Column step of kC channel planes for the whole blocks of an output row, written to o[c] (contiguous
+// rows): per block, both taps of 8 columns picked from two 8-float loads by permutes (or gathered).
+template <int kC, typename out_t>
+LMCL_AVX2_CLONE inline void resample_columns_avx2(const float* v, int64_t vs, const ColumnTable& t, const float* scale,
+                                                  const float* shift, out_t* const* o) {
+  __m256 scale_c[kC], shift_c[kC];
+  for (int c = 0; c < kC; ++c) {
+    scale_c[c] = _mm256_set1_ps(scale[c]);
+    shift_c[c] = _mm256_set1_ps(shift[c]);
+  }
+  const int64_t blocks = static_cast<int64_t>(t.block_lo.size());
+  for (int64_t k = 0; k < blocks; ++k) {
+    const int64_t x = k * 8;
+    const __m256 w0 = _mm256_loadu_ps(t.l0.data() + x);
+    const __m256 w1 = _mm256_loadu_ps(t.l1.data() + x);
+    const int32_t first = t.block_lo[k];
+    if (first >= 0) {
+      // vpermps reads bits 0-2 of an offset; bit 3 (offset 8..15: the second load), shifted into the
+      // sign bit, drives the blend.
+      const __m256i p0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.p0.data() + x));
+      const __m256i p1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.p1.data() + x));
+      const __m256 hi0 = _mm256_castsi256_ps(_mm256_slli_epi32(p0, 28));
+      const __m256 hi1 = _mm256_castsi256_ps(_mm256_slli_epi32(p1, 28));
+      for (int c = 0; c < kC; ++c) {
+        const float* s = v + c * vs + first;
+        const __m256 lo = _mm256_loadu_ps(s);
+        const __m256 hi = _mm256_loadu_ps(s + 8);
+        const __m256 a = _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, p0), _mm256_permutevar8x32_ps(hi, p0), hi0);
+        const __m256 b = _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, p1), _mm256_permutevar8x32_ps(hi, p1), hi1);
+        const __m256 mixed = _mm256_add_ps(_mm256_mul_ps(w0, a), _mm256_mul_ps(w1, b));
+        store8(_mm256_add_ps(_mm256_mul_ps(mixed, scale_c[c]), shift_c[c]), o[c] + x);
+      }
+    } else {
+      const __m256i g0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.i0.data() + x));
+      const __m256i g1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.i1.data() + x));
+      for (int c = 0; c < kC; ++c) {
+        const float* s = v + c * vs;
+        const __m256 mixed = _mm256_add_ps(_mm256_mul_ps(w0, _mm256_i32gather_ps(s, g0, 4)),
+                                           _mm256_mul_ps(w1, _mm256_i32gather_ps(s, g1, 4)));
+        store8(_mm256_add_ps(_mm256_mul_ps(mixed, scale_c[c]), shift_c[c]), o[c] + x);
+      }
+    }
+  }
+}
+
+// ---- AVX-512 clone: 16 floats ----
+
+// Row step of 16 pixels of 3 interleaved uint8 channels (48 bytes of a and of b), stored from v + k in
+// each plane: one byte permute per channel spreads its 16 samples into 32-bit lanes, zero-extended (VBMI).
+LMCL_AVX512_CLONE inline void mix16_rgb(__m512i a, __m512i b, __m512 w0, __m512 w1, float* v, int64_t vs) {
+  const __mmask64 low_bytes = 0x1111111111111111ull;  // byte 0 of every 32-bit lane
+  const __m512i pixel = _mm512_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36, 39, 42, 45);
+  for (int c = 0; c < 3; ++c) {
+    const __m512i pick = _mm512_add_epi32(pixel, _mm512_set1_epi32(c));
+    const __m512 pa = _mm512_cvtepi32_ps(_mm512_maskz_permutexvar_epi8(low_bytes, pick, a));
+    const __m512 pb = _mm512_cvtepi32_ps(_mm512_maskz_permutexvar_epi8(low_bytes, pick, b));
+    _mm512_storeu_ps(v + c * vs, _mm512_add_ps(_mm512_mul_ps(w0, pa), _mm512_mul_ps(w1, pb)));
+  }
+}
+
+// Row step of 3 interleaved uint8 channels, 16 pixels at a time: plain 64-byte loads while they stay
+// inside the crop's row, masked loads for the last pixels (a row may end at the image's last byte). The
+// stores may run past cols (v has room for 2 * 16 more floats per plane, never read as taps).
+LMCL_AVX512_CLONE inline int64_t resample_rows_rgb_avx512(const uint8_t* r0, const uint8_t* r1, int64_t cols,
+                                                          const CropTap<float>& ty, float* v, int64_t vs) {
+  const __m512 w0 = _mm512_set1_ps(ty.l0);
+  const __m512 w1 = _mm512_set1_ps(ty.l1);
+  int64_t k = 0;
+  for (; 3 * k + 64 <= 3 * cols; k += 16) {
+    mix16_rgb(_mm512_loadu_si512(r0 + 3 * k), _mm512_loadu_si512(r1 + 3 * k), w0, w1, v + k, vs);
+  }
+  for (; k < cols; k += 16) {
+    const __mmask64 bytes = (~__mmask64(0)) >> (64 - 3 * std::min<int64_t>(16, cols - k));
+    mix16_rgb(_mm512_maskz_loadu_epi8(bytes, r0 + 3 * k), _mm512_maskz_loadu_epi8(bytes, r1 + 3 * k), w0, w1, v + k,
+              vs);
+  }
+  return cols;
+}
+
+LMCL_AVX512_CLONE inline void store16(__m512 r, float* o) { _mm512_storeu_ps(o, r); }
+LMCL_AVX512_CLONE inline void store16(__m512 r, c10::BFloat16* o) {
+  const __m512i b = _mm512_castps_si512(r);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+  __m512i h = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7fff)), odd), 16);
+  h = _mm512_mask_mov_epi32(h, _mm512_cmp_ps_mask(r, r, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc0));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm512_cvtepi32_epi16(h));
+}
+LMCL_AVX512_CLONE inline void store16(__m512 r, c10::Half* o) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm512_cvtps_ph(r, _MM_FROUND_TO_NEAREST_INT));
+}
+
+// bfloat16 by VCVTNEPS2BF16 (the AVX512-BF16 clone): nearest even like store_row, but it flushes
+// denormals and keeps NaN payloads, so a vector holding either takes the integer rounding.
+LMCL_AVX512BF16_CLONE inline void store16_bf16_insn(__m512 r, c10::BFloat16* o) {
+  if (_mm512_fpclass_ps_mask(r, 0xa1) != 0) {  // quiet NaN (0x01), denormal (0x20), signalling NaN (0x80)
+    store16(r, o);
+    return;
+  }
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(r)));
+}
+
+template <int kSimd, typename out_t>
+LMCL_AVX512_CLONE inline void store16_out(__m512 r, out_t* o) {
+  if constexpr (kSimd == kSimdAvx512Bf16 && std::is_same_v<out_t, c10::BFloat16>) {
+    store16_bf16_insn(r, o);
+  } else {
+    store16(r, o);
+  }
+}
+
+// Column step as resample_columns_avx2, 16 columns per block: each tap is one two-register permute.
+template <int kC, int kSimd, typename out_t>
+LMCL_AVX512_CLONE inline void resample_columns_avx512(const float* v, int64_t vs, const ColumnTable& t,
+                                                      const float* scale, const float* shift, out_t* const* o) {
+  __m512 scale_c[kC], shift_c[kC];
+  for (int c = 0; c < kC; ++c) {
+    scale_c[c] = _mm512_set1_ps(scale[c]);
+    shift_c[c] = _mm512_set1_ps(shift[c]);
+  }
+  const int64_t blocks = static_cast<int64_t>(t.block_lo.size());
+  for (int64_t k = 0; k < blocks; ++k) {
+    const int64_t x = k * 16;
+    const __m512 w0 = _mm512_loadu_ps(t.l0.data() + x);
+    const __m512 w1 = _mm512_loadu_ps(t.l1.data() + x);
+    const int32_t first = t.block_lo[k];
+    if (first >= 0) {
+      const __m512i p0 = _mm512_loadu_si512(t.p0.data() + x);
+      const __m512i p1 = _mm512_loadu_si512(t.p1.data() + x);
+      for (int c = 0; c < kC; ++c) {
+        const float* s = v + c * vs + first;
+        const __m512 lo = _mm512_loadu_ps(s);
+        const __m512 hi = _mm512_loadu_ps(s + 16);
+        const __m512 a = _mm512_permutex2var_ps(lo, p0, hi);
+        const __m512 b = _mm512_permutex2var_ps(lo, p1, hi);
+        const __m512 mixed = _mm512_add_ps(_mm512_mul_ps(w0, a), _mm512_mul_ps(w1, b));
+        store16_out<kSimd>(_mm512_add_ps(_mm512_mul_ps(mixed, scale_c[c]), shift_c[c]), o[c] + x);
+      }
+    } else {
+      const __m512i g0 = _mm512_loadu_si512(t.i0.data() + x);
+      const __m512i g1 = _mm512_loadu_si512(t.i1.data() + x);
+      for (int c = 0; c < kC; ++c) {
+        const float* s = v + c * vs;
+        const __m512 mixed = _mm512_add_ps(_mm512_mul_ps(w0, _mm512_i32gather_ps(g0, s, 4)),
+                                           _mm512_mul_ps(w1, _mm512_i32gather_ps(g1, s, 4)));
+        store16_out<kSimd>(_mm512_add_ps(_mm512_mul_ps(mixed, scale_c[c]), shift_c[c]), o[c] + x);
+      }
+    }
+  }
+}
+#endif
+
+// Output rows y0..y1 of crop bn. v: scratch for one vertically resampled row (kC planes of vs floats,
+// vs >= cols + 2 * simd_block(kSimd)); h: scratch for one output row of one channel (out_w floats).
+template <int kC, int kSimd, typename in_t, typename out_t>
 inline void crop_rows(const MultiCropParams<in_t, out_t>& p, int64_t bn, int64_t y0, int64_t y1, const ColumnTable& t,
-                      float* v, float* h) {
+                      float* v, int64_t vs, float* h) {
   const Box box = crop_source_box(p.boxes, bn, p.H, p.W);
   const in_t* base = p.images + (bn / p.N) * p.s_b + (box.left + t.lo) * p.s_x;
-  // uint8 [B, H, W, C] with packed pixels: the row segment is one contiguous run of cols * kC values.
-  const bool packed = p.s_x == kC && (kC == 1 || p.s_c == 1);
   const int64_t out_w = p.out_w;
   for (int64_t y = y0; y < y1; ++y) {
     const CropTap<float> ty = crop_tap<float>(y, box.height, p.out_h);
     const in_t* r0 = base + (box.top + ty.i0) * p.s_y;
     const in_t* r1 = base + (box.top + ty.i1) * p.s_y;
-    if (packed) {
-      for (int64_t k = 0; k < t.cols * kC; ++k) {
-        v[k] = tap_mix(ty, static_cast<float>(r0[k]), static_cast<float>(r1[k]));
-      }
-    } else {
-      for (int64_t k = 0; k < t.cols; ++k) {
-        for (int c = 0; c < kC; ++c) {
-          const int64_t at = k * p.s_x + c * p.s_c;
-          v[k * kC + c] = tap_mix(ty, static_cast<float>(r0[at]), static_cast<float>(r1[at]));
+    int64_t k0 = 0;
+#ifdef LMCL_HAS_AVX2_CLONE
+    if constexpr (kSimd >= kSimdAvx2 && kC == 3) {
+      if (p.s_x == 3 && p.s_c == 1) {  // interleaved channels, packed pixels
+        if constexpr (kSimd >= kSimdAvx512 && std::is_same_v<in_t, uint8_t>) {
+          k0 = resample_rows_rgb_avx512(r0, r1, t.cols, ty, v, vs);
+        } else {
+          k0 = resample_rows_rgb_avx2(r0, r1, t.cols, ty, v, vs);
         }
       }
     }
+#endif
+    resample_rows<kC>(r0, r1, p.s_c, p.s_x, k0, t.cols, ty, v, vs);
+    out_t* o[kC];
+    for (int c = 0; c < kC; ++c) {
+      o[c] = output_row(p, bn, c, y);
+    }
     int64_t x = 0;
-#if defined(__SSE2__)
-    if constexpr (kC == 3) {
-      // Four output pixels at a time: each is one 4-float load per tap (3 channels + one ignored lane;
-      // v has a spare float after the last pixel), mixed, normalised, then transposed to channel rows.
-      const __m128 scale = _mm_setr_ps(p.scale[0], p.scale[1], p.scale[2], 0.0f);
-      const __m128 shift = _mm_setr_ps(p.shift[0], p.shift[1], p.shift[2], 0.0f);
-      const auto pixel = [&](int64_t j) {
-        const __m128 a = _mm_loadu_ps(v + t.i0[j]);
-        const __m128 b = _mm_loadu_ps(v + t.i1[j]);
-        const __m128 mixed = _mm_add_ps(_mm_mul_ps(_mm_set1_ps(t.l0[j]), a), _mm_mul_ps(_mm_set1_ps(t.l1[j]), b));
-        return _mm_add_ps(_mm_mul_ps(mixed, scale), shift);
-      };
-      for (; x + 4 <= out_w; x += 4) {
-        __m128 c0 = pixel(x), c1 = pixel(x + 1), c2 = pixel(x + 2), c3 = pixel(x + 3);
-        _MM_TRANSPOSE4_PS(c0, c1, c2, c3);
-        _mm_storeu_ps(h + x, c0);
-        _mm_storeu_ps(h + out_w + x, c1);
-        _mm_storeu_ps(h + 2 * out_w + x, c2);
+#ifdef LMCL_HAS_AVX2_CLONE
+    if constexpr (kSimd >= kSimdAvx2) {
+      if (p.o_sx == 1) {
+        if constexpr (kSimd >= kSimdAvx512) {
+          resample_columns_avx512<kC, kSimd>(v, vs, t, p.scale, p.shift, o);
+        } else {
+          resample_columns_avx2<kC>(v, vs, t, p.scale, p.shift, o);
+        }
+        x = static_cast<int64_t>(t.block_lo.size()) * simd_block(kSimd);
       }
     }
 #endif
     for (int c = 0; c < kC; ++c) {
-      for (int64_t j = x; j < out_w; ++j) {
-        const CropTap<float> tx{t.i0[j], t.i1[j], t.l0[j], t.l1[j]};
-        h[c * out_w + j] = tap_mix(tx, v[t.i0[j] + c], v[t.i1[j] + c]) * p.scale[c] + p.shift[c];
-      }
-      store_output_row<kAvx2>(h + c * out_w, output_row(p, bn, c, y), out_w, p.o_sx);
+      resample_columns(v + c * vs, t, x, out_w, p.scale[c], p.shift[c], h);
+      store_strided(h + x, o[c] + x * p.o_sx, out_w - x, p.o_sx);
     }
   }
 }
 
-// Work items begin..end (item = crop * blocks + row block).
-template <int kC, bool kAvx2, typename in_t, typename out_t>
-inline void forward_items(const MultiCropParams<in_t, out_t>& p, int64_t begin, int64_t end) {
+// Work items taken from a shared counter until none is left (item = crop * blocks + row block), so a
+// thread that finishes early (small crops, or a core shared with another process) takes more.
+template <int kC, int kSimd, typename in_t, typename out_t>
+inline void forward_items(const MultiCropParams<in_t, out_t>& p, std::atomic<int64_t>& next) {
   const int64_t blocks = ceil_div(p.out_h, kRowsPerItem);
+  const int64_t items = p.B * p.N * blocks;
   ColumnTable table;
-  std::vector<float> v(static_cast<size_t>((p.W + 2) * kC + 4));
-  std::vector<float> h(static_cast<size_t>(kC * p.out_w));
+  const int64_t vs = p.W + 2 * simd_block(kSimd);
+  std::vector<float> v(static_cast<size_t>(kC * vs));
+  std::vector<float> h(static_cast<size_t>(p.out_w));
   int64_t table_crop = -1;
-  for (int64_t item = begin; item < end; ++item) {
+  for (int64_t item = next++; item < items; item = next++) {
     const int64_t bn = item / blocks;
     if (bn != table_crop) {
       const Box box = crop_source_box(p.boxes, bn, p.H, p.W);
-      table.fill(box.width, crop_flipped(p, bn), p.out_w, kC);
+      table.fill(box.width, crop_flipped(p, bn), p.out_w);
+      table.fill_blocks(p.out_w, simd_block(kSimd));
       table_crop = bn;
     }
     const int64_t y0 = (item % blocks) * kRowsPerItem;
-    crop_rows<kC, kAvx2>(p, bn, y0, std::min(p.out_h, y0 + kRowsPerItem), table, v.data(), h.data());
+    crop_rows<kC, kSimd>(p, bn, y0, std::min(p.out_h, y0 + kRowsPerItem), table, v.data(), vs, h.data());
   }
 }
 
 #ifdef LMCL_HAS_AVX2_CLONE
 template <int kC, typename in_t, typename out_t>
-LMCL_AVX2_CLONE void forward_items_avx2(const MultiCropParams<in_t, out_t>& p, int64_t begin, int64_t end) {
-  forward_items<kC, true>(p, begin, end);
+LMCL_AVX2_CLONE void forward_items_avx2(const MultiCropParams<in_t, out_t>& p, std::atomic<int64_t>& next) {
+  forward_items<kC, kSimdAvx2>(p, next);
+}
+
+template <int kC, typename in_t, typename out_t>
+LMCL_AVX512_CLONE void forward_items_avx512(const MultiCropParams<in_t, out_t>& p, std::atomic<int64_t>& next) {
+  forward_items<kC, kSimdAvx512>(p, next);
+}
+
+template <int kC, typename in_t, typename out_t>
+LMCL_AVX512BF16_CLONE void forward_items_avx512bf16(const MultiCropParams<in_t, out_t>& p, std::atomic<int64_t>& next) {
+  forward_items<kC, kSimdAvx512Bf16>(p, next);
 }
 #endif
 
@@ -206,7 +455,7 @@ template <typename g_t>
 inline void crop_plane_backward(const MultiCropBackwardParams<g_t>& p, int64_t bn, int64_t c, ColumnTable& table,
                                 float* t) {
   const Box box = crop_source_box(p.boxes, bn, p.H, p.W);
-  table.fill(box.width, crop_flipped(p, bn), p.out_w, 1);
+  table.fill(box.width, crop_flipped(p, bn), p.out_w);
   // The gradient is read through its strides (channels-last crops hand back an NHWC-ordered gradient).
   const g_t* go = p.grad + (bn / p.N) * p.g_sb + (bn % p.N) * p.g_sn + c * p.g_sc;
   float* base = p.grad_images + ((bn / p.N) * p.C + c) * p.H * p.W + box.left + table.lo;
@@ -257,14 +506,28 @@ struct MultiCropCpu {
 
   template <int kC, typename in_t, typename out_t>
   void forward(const MultiCropParams<in_t, out_t>& p) const {
-    at::parallel_for(0, p.B * p.N * ceil_div(p.out_h, kRowsPerItem), 1, [&](int64_t begin, int64_t end) {
+    std::atomic<int64_t> next{0};
 #ifdef LMCL_HAS_AVX2_CLONE
-      if (cpu_has_avx2()) {
-        forward_items_avx2<kC>(p, begin, end);
+    const int simd = cpu_simd_level();
+#endif
+    at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
+#ifdef LMCL_HAS_AVX2_CLONE
+      if constexpr (std::is_same_v<out_t, c10::BFloat16>) {
+        if (simd == kSimdAvx512Bf16) {
+          forward_items_avx512bf16<kC>(p, next);
+          return;
+        }
+      }
+      if (simd >= kSimdAvx512) {
+        forward_items_avx512<kC>(p, next);
+        return;
+      }
+      if (simd == kSimdAvx2) {
+        forward_items_avx2<kC>(p, next);
         return;
       }
 #endif
-      forward_items<kC, false>(p, begin, end);
+      forward_items<kC, kSimdBaseline>(p, next);
     });
   }
 
