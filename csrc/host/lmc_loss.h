@@ -159,6 +159,16 @@ struct UnitGrads {
   at::Tensor q, anchors, kz, kt;
 };
 
+// Uninitialised unit gradients shaped by `needs` for the normalised rows in `n`.
+template <typename acc_t>
+UnitGrads empty_unit_grads(const Normalized<acc_t>& n, GradNeeds needs) {
+  const int64_t D = n.q.size(1);
+  const int64_t Mk = n.kz.size(0);
+  const auto opts = n.q.options();
+  return {at::empty({needs[0] ? n.q.size(0) : 0, D}, opts), at::empty({needs[0] ? n.anchors.size(0) : 0, D}, opts),
+          at::empty({needs[1] ? Mk : 0, D}, opts), at::empty({needs[2] ? Mk : 0, D}, opts)};
+}
+
 // The pair gradients of every key tile (see the top of this file). first_tile_ready: the buffers already hold
 // the similarities of the key tile at 0 (the forward's, when one tile covers every key), so its GEMMs are not
 // run again.
@@ -168,13 +178,11 @@ UnitGrads unit_grads_tiled(Passes& passes, const Normalized<acc_t>& n, const int
                            const at::Tensor& manifold_lse, const LmcOptions& o, GradNeeds needs, int64_t N, int64_t T,
                            at::Tensor& man_buf, at::Tensor& clu_buf, bool first_tile_ready) {
   const int64_t B = n.anchors.size(0);
-  const int64_t D = n.q.size(1);
   const int64_t Mq = n.q.size(0);
   const int64_t Mk = n.kz.size(0);
   const auto opts = n.q.options();
   const auto [need_q, need_kz, need_kt] = needs;
-  UnitGrads g{at::empty({need_q ? Mq : 0, D}, opts), at::empty({need_q ? B : 0, D}, opts),
-              at::empty({need_kz ? Mk : 0, D}, opts), at::empty({need_kt ? Mk : 0, D}, opts)};
+  UnitGrads g = empty_unit_grads(n, needs);
   if (!need_q && !need_kz && !need_kt) {
     return g;
   }
@@ -298,8 +306,7 @@ ForwardOutputs lmc_loss_forward_row_blocks(Passes& passes, const Normalized<acc_
   RowLse<acc_t> clu(B, N, anchor_ptr, opts);
   at::Tensor s = at::empty({Mq, Mk}, opts), sc = at::empty({B, Mk}, opts);
   at::Tensor pos_coef = at::empty({B, N}, opts), row_scale = at::empty({B}, opts);
-  UnitGrads g{at::empty({need_q ? Mq : 0, D}, opts), at::empty({need_q ? B : 0, D}, opts),
-              at::empty({need_kz ? Mk : 0, D}, opts), at::empty({need_kt ? Mk : 0, D}, opts)};
+  UnitGrads g = empty_unit_grads(n, needs);
   const int64_t blocks = passes.block_count(B);
   at::Tensor kt_shares = at::empty({need_kt ? blocks : 0, Mk, D}, opts);
   at::Tensor kz_shares = at::empty({need_kz ? blocks : 0, Mk, D}, opts);
