@@ -70,7 +70,9 @@ struct CpuPasses {
   // lmc_loss_forward_row_blocks): a block per thread, so each thread runs one GEMM of its rows.
   static constexpr bool kRowBlocks = true;
 
-  static int64_t block_count(int64_t images) { return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), images)); }
+  static int64_t block_count(int64_t images) {
+    return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), images));
+  }
 
   // fn(block, first image, end image) for `blocks` contiguous blocks of `images`, one task per block.
   template <class Fn>

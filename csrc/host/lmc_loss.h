@@ -308,8 +308,12 @@ ForwardOutputs lmc_loss_forward_row_blocks(Passes& passes, const Normalized<acc_
   at::Tensor pos_coef = at::empty({B, N}, opts), row_scale = at::empty({B}, opts);
   UnitGrads g = empty_unit_grads(n, needs);
   const int64_t blocks = passes.block_count(B);
-  at::Tensor kt_shares = at::empty({need_kt ? blocks : 0, Mk, D}, opts);
-  at::Tensor kz_shares = at::empty({need_kz ? blocks : 0, Mk, D}, opts);
+  // The blocks' shares of the key gradients; one block writes its share straight into the gradient.
+  const auto shares = [&](bool need, const at::Tensor& grad) {
+    return blocks == 1 ? grad.unsqueeze(0) : at::empty({need ? blocks : 0, Mk, D}, opts);
+  };
+  at::Tensor kt_shares = shares(need_kt, g.kt);
+  at::Tensor kz_shares = shares(need_kz, g.kz);
 
   const auto man_lse_p = man.update(s, 0, o);
   const auto clu_lse_p = clu.update(sc, 0, o);
@@ -367,10 +371,10 @@ ForwardOutputs lmc_loss_forward_row_blocks(Passes& passes, const Normalized<acc_
             need_kz ? Out(kz_shares.select(0, block)) : std::nullopt);
     }
   });
-  if (need_kt) {
+  if (need_kt && blocks > 1) {
     at::sum_out(g.kt, kt_shares, 0);
   }
-  if (need_kz) {
+  if (need_kz && blocks > 1) {
     at::sum_out(g.kz, kz_shares, 0);
   }
   return {loss_from_rows(clu.loss, man.loss, B, N, o), clu.lse, clu.same, man.lse, g.q, g.anchors, g.kz, g.kt};
