@@ -11,8 +11,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstring>
 #include <type_traits>
+#include <new>
 #include <vector>
 
 #include "cpu/simd.h"
@@ -24,6 +26,22 @@
 namespace lmcl {
 
 namespace {
+
+// Vectors of cache-line-aligned storage: 64-byte vector loads and stores at multiples of 16 floats
+// never straddle two lines.
+template <typename T>
+struct LineAligned {
+  using value_type = T;
+  LineAligned() = default;
+  template <typename U>
+  LineAligned(const LineAligned<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
+  void deallocate(T* q, size_t) { ::operator delete(q, std::align_val_t(64)); }
+  bool operator==(const LineAligned&) const { return true; }
+  bool operator!=(const LineAligned&) const { return false; }
+};
+template <typename T>
+using AlignedVector = std::vector<T, LineAligned<T>>;
 
 // Output rows per work item: a few items per crop keep both threads busy even at B = 1.
 constexpr int64_t kRowsPerItem = 32;
@@ -38,9 +56,9 @@ constexpr int64_t simd_block(int simd) { return simd >= kSimdAvx512 ? 16 : simd 
 // floats from block_lo on and picks the taps with register permutes instead of gathers. A block whose
 // taps span more (a crop shrunk about 2x or more) has block_lo = -1 and gathers.
 struct ColumnTable {
-  std::vector<int32_t> i0, i1;
-  std::vector<float> l0, l1;
-  std::vector<int32_t> block_lo, p0, p1;
+  AlignedVector<int32_t> i0, i1;
+  AlignedVector<float> l0, l1;
+  AlignedVector<int32_t> block_lo, p0, p1;
   int64_t lo = 0, cols = 0;
 
   void fill(int64_t width, bool flipped, int64_t out_w) {
@@ -74,6 +92,11 @@ struct ColumnTable {
       for (int64_t j = 0; j < block; ++j) {
         first = std::min({first, a[j], b[j]});
         end = std::max({end, a[j], b[j]});
+      }
+      // A window that fits from the aligned-down first column takes aligned loads (no cache-line splits).
+      const int32_t aligned = first & ~static_cast<int32_t>(block - 1);
+      if (end - aligned < 2 * block) {
+        first = aligned;
       }
       block_lo[k] = end - first < 2 * block ? first : -1;
       for (int64_t j = 0; j < block; ++j) {
@@ -208,51 +231,6 @@ LMCL_AVX2_CLONE inline void store8(__m256 r, c10::Half* o) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(o), _mm256_cvtps_ph(r, _MM_FROUND_TO_NEAREST_INT));
 }
 
-// Column step of kC channel planes for the whole blocks of an output row, written to o[c] (contiguous
-// rows): per block, both taps of 8 columns picked from two 8-float loads by permutes (or gathered).
-template <int kC, typename out_t>
-LMCL_AVX2_CLONE inline void resample_columns_avx2(const float* v, int64_t vs, const ColumnTable& t, const float* scale,
-                                                  const float* shift, out_t* const* o) {
-  __m256 scale_c[kC], shift_c[kC];
-  for (int c = 0; c < kC; ++c) {
-    scale_c[c] = _mm256_set1_ps(scale[c]);
-    shift_c[c] = _mm256_set1_ps(shift[c]);
-  }
-  const int64_t blocks = static_cast<int64_t>(t.block_lo.size());
-  for (int64_t k = 0; k < blocks; ++k) {
-    const int64_t x = k * 8;
-    const __m256 w0 = _mm256_loadu_ps(t.l0.data() + x);
-    const __m256 w1 = _mm256_loadu_ps(t.l1.data() + x);
-    const int32_t first = t.block_lo[k];
-    if (first >= 0) {
-      // vpermps reads bits 0-2 of an offset; bit 3 (offset 8..15: the second load), shifted into the
-      // sign bit, drives the blend.
-      const __m256i p0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.p0.data() + x));
-      const __m256i p1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.p1.data() + x));
-      const __m256 hi0 = _mm256_castsi256_ps(_mm256_slli_epi32(p0, 28));
-      const __m256 hi1 = _mm256_castsi256_ps(_mm256_slli_epi32(p1, 28));
-      for (int c = 0; c < kC; ++c) {
-        const float* s = v + c * vs + first;
-        const __m256 lo = _mm256_loadu_ps(s);
-        const __m256 hi = _mm256_loadu_ps(s + 8);
-        const __m256 a = _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, p0), _mm256_permutevar8x32_ps(hi, p0), hi0);
-        const __m256 b = _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, p1), _mm256_permutevar8x32_ps(hi, p1), hi1);
-        const __m256 mixed = _mm256_add_ps(_mm256_mul_ps(w0, a), _mm256_mul_ps(w1, b));
-        store8(_mm256_add_ps(_mm256_mul_ps(mixed, scale_c[c]), shift_c[c]), o[c] + x);
-      }
-    } else {
-      const __m256i g0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.i0.data() + x));
-      const __m256i g1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.i1.data() + x));
-      for (int c = 0; c < kC; ++c) {
-        const float* s = v + c * vs;
-        const __m256 mixed = _mm256_add_ps(_mm256_mul_ps(w0, _mm256_i32gather_ps(s, g0, 4)),
-                                           _mm256_mul_ps(w1, _mm256_i32gather_ps(s, g1, 4)));
-        store8(_mm256_add_ps(_mm256_mul_ps(mixed, scale_c[c]), shift_c[c]), o[c] + x);
-      }
-    }
-  }
-}
-
 // ---- AVX-512 clone: 16 floats ----
 
 // Row step of 16 pixels of 3 interleaved uint8 channels (48 bytes of a and of b), stored from v + k in
@@ -309,59 +287,124 @@ LMCL_AVX512BF16_CLONE inline void store16_bf16_insn(__m512 r, c10::BFloat16* o) 
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(r)));
 }
 
-template <int kSimd, typename out_t>
-LMCL_AVX512_CLONE inline void store16_out(__m512 r, out_t* o) {
-  if constexpr (kSimd == kSimdAvx512Bf16 && std::is_same_v<out_t, c10::BFloat16>) {
-    store16_bf16_insn(r, o);
-  } else {
+// ---- the column step of both clones: one template over a register type ----
+
+// One register of floats of the AVX2 clone and the column step's operations on it. Taps: a block's tap
+// offsets (0 .. 15 from its first column) for vpermps, which reads bits 0-2; bit 3 (the second
+// register), shifted into the sign bit, drives a blend.
+struct Avx2Floats {
+  using V = __m256;
+  static constexpr int kWidth = 8;
+  struct Taps {
+    __m256i offset;
+    __m256 high;
+  };
+  LMCL_AVX2_CLONE static V load(const float* s) { return _mm256_loadu_ps(s); }
+  LMCL_AVX2_CLONE static V set1(float x) { return _mm256_set1_ps(x); }
+  LMCL_AVX2_CLONE static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  LMCL_AVX2_CLONE static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  LMCL_AVX2_CLONE static __m256i load_index(const int32_t* i) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(i));
+  }
+  LMCL_AVX2_CLONE static Taps taps(const int32_t* p) {
+    const __m256i offset = load_index(p);
+    return Taps{offset, _mm256_castsi256_ps(_mm256_slli_epi32(offset, 28))};
+  }
+  LMCL_AVX2_CLONE static V pick(V lo, V hi, const Taps& t) {
+    return _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, t.offset), _mm256_permutevar8x32_ps(hi, t.offset), t.high);
+  }
+  LMCL_AVX2_CLONE static V gather(const float* s, __m256i index) { return _mm256_i32gather_ps(s, index, 4); }
+  template <typename out_t>
+  LMCL_AVX2_CLONE static void store(V r, out_t* o) {
+    store8(r, o);
+  }
+};
+
+// The AVX-512 clone's register: each tap is one two-register permute.
+struct Avx512Floats {
+  using V = __m512;
+  static constexpr int kWidth = 16;
+  using Taps = __m512i;
+  LMCL_AVX512_CLONE static V load(const float* s) { return _mm512_loadu_ps(s); }
+  LMCL_AVX512_CLONE static V set1(float x) { return _mm512_set1_ps(x); }
+  LMCL_AVX512_CLONE static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  LMCL_AVX512_CLONE static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  LMCL_AVX512_CLONE static __m512i load_index(const int32_t* i) { return _mm512_loadu_si512(i); }
+  LMCL_AVX512_CLONE static Taps taps(const int32_t* p) { return load_index(p); }
+  LMCL_AVX512_CLONE static V pick(V lo, V hi, Taps t) { return _mm512_permutex2var_ps(lo, t, hi); }
+  LMCL_AVX512_CLONE static V gather(const float* s, __m512i index) { return _mm512_i32gather_ps(index, s, 4); }
+  template <typename out_t>
+  LMCL_AVX512_CLONE static void store(V r, out_t* o) {
     store16(r, o);
   }
-}
+};
 
-// Column step as resample_columns_avx2, 16 columns per block: each tap is one two-register permute.
-template <int kC, int kSimd, typename out_t>
-LMCL_AVX512_CLONE inline void resample_columns_avx512(const float* v, int64_t vs, const ColumnTable& t,
-                                                      const float* scale, const float* shift, out_t* const* o) {
-  __m512 scale_c[kC], shift_c[kC];
+// The AVX512-BF16 clone: bfloat16 stored by VCVTNEPS2BF16, checked for denormals and NaNs unless
+// kNormalOutput (the call writes neither: normal_output_only).
+template <bool kNormalOutput>
+struct Avx512Bf16Floats : Avx512Floats {
+  template <typename out_t>
+  LMCL_AVX512BF16_CLONE static void store(V r, out_t* o) {
+    if constexpr (!std::is_same_v<out_t, c10::BFloat16>) {
+      store16(r, o);
+    } else if constexpr (kNormalOutput) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(r)));
+    } else {
+      store16_bf16_insn(r, o);
+    }
+  }
+};
+
+// Inlined only into its clone (flatten), so the vector arguments never cross a call.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+// Column step of kC channel planes for the whole blocks of an output row, written to o[c] (contiguous
+// rows), F::kWidth columns per block: both taps picked by permutes from the two registers loaded from the
+// block's first column (or gathered), then tap_mix and the affine, as resample_columns.
+template <class F, int kC, typename out_t>
+inline void resample_columns_simd(const float* v, int64_t vs, const ColumnTable& t, const float* scale,
+                                  const float* shift, out_t* const* o) {
+  using V = typename F::V;
+  V scale_c[kC], shift_c[kC];
   for (int c = 0; c < kC; ++c) {
-    scale_c[c] = _mm512_set1_ps(scale[c]);
-    shift_c[c] = _mm512_set1_ps(shift[c]);
+    scale_c[c] = F::set1(scale[c]);
+    shift_c[c] = F::set1(shift[c]);
   }
   const int64_t blocks = static_cast<int64_t>(t.block_lo.size());
   for (int64_t k = 0; k < blocks; ++k) {
-    const int64_t x = k * 16;
-    const __m512 w0 = _mm512_loadu_ps(t.l0.data() + x);
-    const __m512 w1 = _mm512_loadu_ps(t.l1.data() + x);
+    const int64_t x = k * F::kWidth;
+    const V w0 = F::load(t.l0.data() + x);
+    const V w1 = F::load(t.l1.data() + x);
     const int32_t first = t.block_lo[k];
     if (first >= 0) {
-      const __m512i p0 = _mm512_loadu_si512(t.p0.data() + x);
-      const __m512i p1 = _mm512_loadu_si512(t.p1.data() + x);
+      const typename F::Taps p0 = F::taps(t.p0.data() + x);
+      const typename F::Taps p1 = F::taps(t.p1.data() + x);
       for (int c = 0; c < kC; ++c) {
         const float* s = v + c * vs + first;
-        const __m512 lo = _mm512_loadu_ps(s);
-        const __m512 hi = _mm512_loadu_ps(s + 16);
-        const __m512 a = _mm512_permutex2var_ps(lo, p0, hi);
-        const __m512 b = _mm512_permutex2var_ps(lo, p1, hi);
-        const __m512 mixed = _mm512_add_ps(_mm512_mul_ps(w0, a), _mm512_mul_ps(w1, b));
-        store16_out<kSimd>(_mm512_add_ps(_mm512_mul_ps(mixed, scale_c[c]), shift_c[c]), o[c] + x);
+        const V lo = F::load(s);
+        const V hi = F::load(s + F::kWidth);
+        const V mixed = F::add(F::mul(w0, F::pick(lo, hi, p0)), F::mul(w1, F::pick(lo, hi, p1)));
+        F::store(F::add(F::mul(mixed, scale_c[c]), shift_c[c]), o[c] + x);
       }
     } else {
-      const __m512i g0 = _mm512_loadu_si512(t.i0.data() + x);
-      const __m512i g1 = _mm512_loadu_si512(t.i1.data() + x);
+      const auto g0 = F::load_index(t.i0.data() + x);
+      const auto g1 = F::load_index(t.i1.data() + x);
       for (int c = 0; c < kC; ++c) {
         const float* s = v + c * vs;
-        const __m512 mixed = _mm512_add_ps(_mm512_mul_ps(w0, _mm512_i32gather_ps(g0, s, 4)),
-                                           _mm512_mul_ps(w1, _mm512_i32gather_ps(g1, s, 4)));
-        store16_out<kSimd>(_mm512_add_ps(_mm512_mul_ps(mixed, scale_c[c]), shift_c[c]), o[c] + x);
+        const V mixed = F::add(F::mul(w0, F::gather(s, g0)), F::mul(w1, F::gather(s, g1)));
+        F::store(F::add(F::mul(mixed, scale_c[c]), shift_c[c]), o[c] + x);
       }
     }
   }
 }
+#pragma GCC diagnostic pop
 #endif
 
 // Output rows y0..y1 of crop bn. v: scratch for one vertically resampled row (kC planes of vs floats,
 // vs >= cols + 2 * simd_block(kSimd)); h: scratch for one output row of one channel (out_w floats).
-template <int kC, int kSimd, typename in_t, typename out_t>
+// kNormalOutput: the call writes no denormal or NaN (normal_output_only), so the AVX512-BF16 clone stores
+// bfloat16 without a check.
+template <int kC, int kSimd, bool kNormalOutput, typename in_t, typename out_t>
 inline void crop_rows(const MultiCropParams<in_t, out_t>& p, int64_t bn, int64_t y0, int64_t y1, const ColumnTable& t,
                       float* v, int64_t vs, float* h) {
   const Box box = crop_source_box(p.boxes, bn, p.H, p.W);
@@ -392,11 +435,9 @@ inline void crop_rows(const MultiCropParams<in_t, out_t>& p, int64_t bn, int64_t
 #ifdef LMCL_HAS_AVX2_CLONE
     if constexpr (kSimd >= kSimdAvx2) {
       if (p.o_sx == 1) {
-        if constexpr (kSimd >= kSimdAvx512) {
-          resample_columns_avx512<kC, kSimd>(v, vs, t, p.scale, p.shift, o);
-        } else {
-          resample_columns_avx2<kC>(v, vs, t, p.scale, p.shift, o);
-        }
+        using F = std::conditional_t<kSimd == kSimdAvx512Bf16, Avx512Bf16Floats<kNormalOutput>,
+                                     std::conditional_t<kSimd == kSimdAvx512, Avx512Floats, Avx2Floats>>;
+        resample_columns_simd<F, kC>(v, vs, t, p.scale, p.shift, o);
         x = static_cast<int64_t>(t.block_lo.size()) * simd_block(kSimd);
       }
     }
@@ -408,16 +449,38 @@ inline void crop_rows(const MultiCropParams<in_t, out_t>& p, int64_t bn, int64_t
   }
 }
 
+// Whether every output of the call is zero or a normal finite float, so VCVTNEPS2BF16 (which flushes
+// denormals and keeps NaN payloads) rounds it as store_row does. Holds for uint8 samples with a moderate
+// affine: a weight is 0 or at least 2^-33 (crop_tap: 1 - l1 >= 2^-24, l1 >= 1 / (2 out) for out < 2^32),
+// so a nonzero raw value (two tap_mix of samples 0..255) lies in [2^-66, 256); raw * scale is then 0 or
+// in [2^-96, 2^98], and its sum with a shift that is 0 or in [2^-100, 2^100] is 0 or a multiple of 2^-123
+// below 2^101: normal.
+template <typename in_t, typename out_t>
+inline bool normal_output_only(const MultiCropParams<in_t, out_t>& p) {
+  if (!std::is_same_v<in_t, uint8_t> || p.out_h >= (int64_t(1) << 32) || p.out_w >= (int64_t(1) << 32)) {
+    return false;
+  }
+  for (int64_t c = 0; c < p.C; ++c) {
+    const float scale = std::fabs(p.scale[c]), shift = std::fabs(p.shift[c]);
+    const bool scale_ok = scale >= 0x1p-30f && scale <= 0x1p90f;
+    const bool shift_ok = shift == 0.0f || (shift >= 0x1p-100f && shift <= 0x1p100f);
+    if (!scale_ok || !shift_ok) {
+      return false;
+    }
+  }
+  return true;
+}
+
 // Work items taken from a shared counter until none is left (item = crop * blocks + row block), so a
 // thread that finishes early (small crops, or a core shared with another process) takes more.
-template <int kC, int kSimd, typename in_t, typename out_t>
+template <int kC, int kSimd, bool kNormalOutput = false, typename in_t, typename out_t>
 inline void forward_items(const MultiCropParams<in_t, out_t>& p, std::atomic<int64_t>& next) {
   const int64_t blocks = ceil_div(p.out_h, kRowsPerItem);
   const int64_t items = p.B * p.N * blocks;
   ColumnTable table;
-  const int64_t vs = p.W + 2 * simd_block(kSimd);
-  std::vector<float> v(static_cast<size_t>(kC * vs));
-  std::vector<float> h(static_cast<size_t>(p.out_w));
+  const int64_t vs = ceil_div<int64_t>(p.W, 16) * 16 + 2 * simd_block(kSimd);
+  AlignedVector<float> v(static_cast<size_t>(kC * vs));
+  AlignedVector<float> h(static_cast<size_t>(p.out_w));
   int64_t table_crop = -1;
   for (int64_t item = next++; item < items; item = next++) {
     const int64_t bn = item / blocks;
@@ -428,7 +491,7 @@ inline void forward_items(const MultiCropParams<in_t, out_t>& p, std::atomic<int
       table_crop = bn;
     }
     const int64_t y0 = (item % blocks) * kRowsPerItem;
-    crop_rows<kC, kSimd>(p, bn, y0, std::min(p.out_h, y0 + kRowsPerItem), table, v.data(), vs, h.data());
+    crop_rows<kC, kSimd, kNormalOutput>(p, bn, y0, std::min(p.out_h, y0 + kRowsPerItem), table, v.data(), vs, h.data());
   }
 }
 
@@ -443,9 +506,9 @@ LMCL_AVX512_CLONE void forward_items_avx512(const MultiCropParams<in_t, out_t>& 
   forward_items<kC, kSimdAvx512>(p, next);
 }
 
-template <int kC, typename in_t, typename out_t>
+template <int kC, bool kNormalOutput, typename in_t, typename out_t>
 LMCL_AVX512BF16_CLONE void forward_items_avx512bf16(const MultiCropParams<in_t, out_t>& p, std::atomic<int64_t>& next) {
-  forward_items<kC, kSimdAvx512Bf16>(p, next);
+  forward_items<kC, kSimdAvx512Bf16, kNormalOutput>(p, next);
 }
 #endif
 
@@ -509,12 +572,17 @@ struct MultiCropCpu {
     std::atomic<int64_t> next{0};
 #ifdef LMCL_HAS_AVX2_CLONE
     const int simd = cpu_simd_level();
+    const bool normal_output = normal_output_only(p);
 #endif
     at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
 #ifdef LMCL_HAS_AVX2_CLONE
       if constexpr (std::is_same_v<out_t, c10::BFloat16>) {
         if (simd == kSimdAvx512Bf16) {
-          forward_items_avx512bf16<kC>(p, next);
+          if (normal_output) {
+            forward_items_avx512bf16<kC, true>(p, next);
+          } else {
+            forward_items_avx512bf16<kC, false>(p, next);
+          }
           return;
         }
       }
