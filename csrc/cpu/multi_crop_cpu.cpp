@@ -233,34 +233,54 @@ LMCL_AVX2_CLONE inline void store8(__m256 r, c10::Half* o) {
 
 // ---- AVX-512 clone: 16 floats ----
 
-// Row step of 16 pixels of 3 interleaved uint8 channels (48 bytes of a and of b), stored from v + k in
-// each plane: one byte permute per channel spreads its 16 samples into 32-bit lanes, zero-extended (VBMI).
-LMCL_AVX512_CLONE inline void mix16_rgb(__m512i a, __m512i b, __m512 w0, __m512 w1, float* v, int64_t vs) {
+// How the row step of the AVX-512 clone reads its source rows: one output row from rows a, b, or two
+// output rows from a, b and a, b again (kSamePair) or from a, b and b, c (kNextPair). Two output rows
+// that share source rows load and convert each of them once.
+enum RowPairing { kOneRow, kSamePair, kNextPair };
+
+// Row step of 16 pixels of 3 interleaved uint8 channels (48 bytes of each source row), stored from v + k
+// (and v2 + k) in each plane: one byte permute per channel spreads its 16 samples into 32-bit lanes,
+// zero-extended (VBMI). w: the taps of the first output row, u: of the second.
+template <RowPairing kPairing>
+LMCL_AVX512_CLONE inline void mix16_rgb(__m512i a, __m512i b, __m512i c, const __m512* w, const __m512* u, float* v,
+                                        float* v2, int64_t vs) {
   const __mmask64 low_bytes = 0x1111111111111111ull;  // byte 0 of every 32-bit lane
   const __m512i pixel = _mm512_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36, 39, 42, 45);
-  for (int c = 0; c < 3; ++c) {
-    const __m512i pick = _mm512_add_epi32(pixel, _mm512_set1_epi32(c));
+  for (int ch = 0; ch < 3; ++ch) {
+    const __m512i pick = _mm512_add_epi32(pixel, _mm512_set1_epi32(ch));
     const __m512 pa = _mm512_cvtepi32_ps(_mm512_maskz_permutexvar_epi8(low_bytes, pick, a));
     const __m512 pb = _mm512_cvtepi32_ps(_mm512_maskz_permutexvar_epi8(low_bytes, pick, b));
-    _mm512_storeu_ps(v + c * vs, _mm512_add_ps(_mm512_mul_ps(w0, pa), _mm512_mul_ps(w1, pb)));
+    _mm512_storeu_ps(v + ch * vs, _mm512_add_ps(_mm512_mul_ps(w[0], pa), _mm512_mul_ps(w[1], pb)));
+    if constexpr (kPairing == kSamePair) {
+      _mm512_storeu_ps(v2 + ch * vs, _mm512_add_ps(_mm512_mul_ps(u[0], pa), _mm512_mul_ps(u[1], pb)));
+    } else if constexpr (kPairing == kNextPair) {
+      const __m512 pc = _mm512_cvtepi32_ps(_mm512_maskz_permutexvar_epi8(low_bytes, pick, c));
+      _mm512_storeu_ps(v2 + ch * vs, _mm512_add_ps(_mm512_mul_ps(u[0], pb), _mm512_mul_ps(u[1], pc)));
+    }
   }
 }
 
-// Row step of 3 interleaved uint8 channels, 16 pixels at a time: plain 64-byte loads while they stay
-// inside the crop's row, masked loads for the last pixels (a row may end at the image's last byte). The
-// stores may run past cols (v has room for 2 * 16 more floats per plane, never read as taps).
-LMCL_AVX512_CLONE inline int64_t resample_rows_rgb_avx512(const uint8_t* r0, const uint8_t* r1, int64_t cols,
-                                                          const CropTap<float>& ty, float* v, int64_t vs) {
-  const __m512 w0 = _mm512_set1_ps(ty.l0);
-  const __m512 w1 = _mm512_set1_ps(ty.l1);
+// Row step of 3 interleaved uint8 channels (source rows r0, r1 and, for kNextPair, r2), 16 pixels at a
+// time: plain 64-byte loads while they stay inside the crop's row, masked loads for the last pixels (a
+// row may end at the image's last byte). The stores may run past cols (v has room for 2 * 16 more floats
+// per plane, never read as taps).
+template <RowPairing kPairing>
+LMCL_AVX512_CLONE inline int64_t resample_rows_rgb_avx512(const uint8_t* r0, const uint8_t* r1, const uint8_t* r2,
+                                                          int64_t cols, const CropTap<float>& ty,
+                                                          const CropTap<float>& ty2, float* v, float* v2, int64_t vs) {
+  const __m512 w[2] = {_mm512_set1_ps(ty.l0), _mm512_set1_ps(ty.l1)};
+  const __m512 u[2] = {_mm512_set1_ps(ty2.l0), _mm512_set1_ps(ty2.l1)};
+  const __m512i none = _mm512_setzero_si512();
   int64_t k = 0;
   for (; 3 * k + 64 <= 3 * cols; k += 16) {
-    mix16_rgb(_mm512_loadu_si512(r0 + 3 * k), _mm512_loadu_si512(r1 + 3 * k), w0, w1, v + k, vs);
+    mix16_rgb<kPairing>(_mm512_loadu_si512(r0 + 3 * k), _mm512_loadu_si512(r1 + 3 * k),
+                        kPairing == kNextPair ? _mm512_loadu_si512(r2 + 3 * k) : none, w, u, v + k, v2 + k, vs);
   }
   for (; k < cols; k += 16) {
     const __mmask64 bytes = (~__mmask64(0)) >> (64 - 3 * std::min<int64_t>(16, cols - k));
-    mix16_rgb(_mm512_maskz_loadu_epi8(bytes, r0 + 3 * k), _mm512_maskz_loadu_epi8(bytes, r1 + 3 * k), w0, w1, v + k,
-              vs);
+    mix16_rgb<kPairing>(_mm512_maskz_loadu_epi8(bytes, r0 + 3 * k), _mm512_maskz_loadu_epi8(bytes, r1 + 3 * k),
+                        kPairing == kNextPair ? _mm512_maskz_loadu_epi8(bytes, r2 + 3 * k) : none, w, u, v + k,
+                        v2 + k, vs);
   }
   return cols;
 }
@@ -400,26 +420,63 @@ inline void resample_columns_simd(const float* v, int64_t vs, const ColumnTable&
 #pragma GCC diagnostic pop
 #endif
 
-// Output rows y0..y1 of crop bn. v: scratch for one vertically resampled row (kC planes of vs floats,
-// vs >= cols + 2 * simd_block(kSimd)); h: scratch for one output row of one channel (out_w floats).
-// kNormalOutput: the call writes no denormal or NaN (normal_output_only), so the AVX512-BF16 clone stores
-// bfloat16 without a check.
+// Column step of output row y of crop bn from its vertically resampled row v: whole vector blocks by the
+// clone's template (contiguous output rows), the rest per column.
+template <int kC, int kSimd, bool kNormalOutput, typename in_t, typename out_t>
+inline void crop_row_columns(const MultiCropParams<in_t, out_t>& p, int64_t bn, int64_t y, const ColumnTable& t,
+                             const float* v, int64_t vs, float* h) {
+  out_t* o[kC];
+  for (int c = 0; c < kC; ++c) {
+    o[c] = output_row(p, bn, c, y);
+  }
+  int64_t x = 0;
+#ifdef LMCL_HAS_AVX2_CLONE
+  if constexpr (kSimd >= kSimdAvx2) {
+    if (p.o_sx == 1) {
+      using F = std::conditional_t<kSimd == kSimdAvx512Bf16, Avx512Bf16Floats<kNormalOutput>,
+                                   std::conditional_t<kSimd == kSimdAvx512, Avx512Floats, Avx2Floats>>;
+      resample_columns_simd<F, kC>(v, vs, t, p.scale, p.shift, o);
+      x = static_cast<int64_t>(t.block_lo.size()) * simd_block(kSimd);
+    }
+  }
+#endif
+  for (int c = 0; c < kC; ++c) {
+    resample_columns(v + c * vs, t, x, p.out_w, p.scale[c], p.shift[c], h);
+    store_strided(h + x, o[c] + x * p.o_sx, p.out_w - x, p.o_sx);
+  }
+}
+
+// Output rows y0..y1 of crop bn. v: scratch for two vertically resampled rows (each kC planes of vs
+// floats, vs >= cols + 2 * simd_block(kSimd)); h: scratch for one output row of one channel (out_w
+// floats). kNormalOutput: the call writes no denormal or NaN (normal_output_only), so the AVX512-BF16
+// clone stores bfloat16 without a check.
 template <int kC, int kSimd, bool kNormalOutput, typename in_t, typename out_t>
 inline void crop_rows(const MultiCropParams<in_t, out_t>& p, int64_t bn, int64_t y0, int64_t y1, const ColumnTable& t,
                       float* v, int64_t vs, float* h) {
   const Box box = crop_source_box(p.boxes, bn, p.H, p.W);
   const in_t* base = p.images + (bn / p.N) * p.s_b + (box.left + t.lo) * p.s_x;
-  const int64_t out_w = p.out_w;
-  for (int64_t y = y0; y < y1; ++y) {
+  float* v2 = v + kC * vs;
+  for (int64_t y = y0; y < y1;) {
     const CropTap<float> ty = crop_tap<float>(y, box.height, p.out_h);
     const in_t* r0 = base + (box.top + ty.i0) * p.s_y;
     const in_t* r1 = base + (box.top + ty.i1) * p.s_y;
     int64_t k0 = 0;
+    bool pair = false;  // rows y and y + 1 resampled together into v and v2
 #ifdef LMCL_HAS_AVX2_CLONE
     if constexpr (kSimd >= kSimdAvx2 && kC == 3) {
       if (p.s_x == 3 && p.s_c == 1) {  // interleaved channels, packed pixels
         if constexpr (kSimd >= kSimdAvx512 && std::is_same_v<in_t, uint8_t>) {
-          k0 = resample_rows_rgb_avx512(r0, r1, t.cols, ty, v, vs);
+          const CropTap<float> ty2 = crop_tap<float>(y + 1, box.height, p.out_h);
+          if (y + 1 < y1 && ty2.i0 == ty.i0 && ty2.i1 == ty.i1) {  // enlarged crops: the same source rows
+            k0 = resample_rows_rgb_avx512<kSamePair>(r0, r1, nullptr, t.cols, ty, ty2, v, v2, vs);
+            pair = true;
+          } else if (y + 1 < y1 && ty2.i0 == ty.i1 && ty.i1 != ty.i0) {  // the next source row pair
+            k0 = resample_rows_rgb_avx512<kNextPair>(r0, r1, base + (box.top + ty2.i1) * p.s_y, t.cols, ty, ty2, v,
+                                                     v2, vs);
+            pair = true;
+          } else {
+            k0 = resample_rows_rgb_avx512<kOneRow>(r0, r1, nullptr, t.cols, ty, ty, v, v, vs);
+          }
         } else {
           k0 = resample_rows_rgb_avx2(r0, r1, t.cols, ty, v, vs);
         }
@@ -427,25 +484,11 @@ inline void crop_rows(const MultiCropParams<in_t, out_t>& p, int64_t bn, int64_t
     }
 #endif
     resample_rows<kC>(r0, r1, p.s_c, p.s_x, k0, t.cols, ty, v, vs);
-    out_t* o[kC];
-    for (int c = 0; c < kC; ++c) {
-      o[c] = output_row(p, bn, c, y);
+    crop_row_columns<kC, kSimd, kNormalOutput>(p, bn, y, t, v, vs, h);
+    if (pair) {
+      crop_row_columns<kC, kSimd, kNormalOutput>(p, bn, y + 1, t, v2, vs, h);
     }
-    int64_t x = 0;
-#ifdef LMCL_HAS_AVX2_CLONE
-    if constexpr (kSimd >= kSimdAvx2) {
-      if (p.o_sx == 1) {
-        using F = std::conditional_t<kSimd == kSimdAvx512Bf16, Avx512Bf16Floats<kNormalOutput>,
-                                     std::conditional_t<kSimd == kSimdAvx512, Avx512Floats, Avx2Floats>>;
-        resample_columns_simd<F, kC>(v, vs, t, p.scale, p.shift, o);
-        x = static_cast<int64_t>(t.block_lo.size()) * simd_block(kSimd);
-      }
-    }
-#endif
-    for (int c = 0; c < kC; ++c) {
-      resample_columns(v + c * vs, t, x, out_w, p.scale[c], p.shift[c], h);
-      store_strided(h + x, o[c] + x * p.o_sx, out_w - x, p.o_sx);
-    }
+    y += pair ? 2 : 1;
   }
 }
 
@@ -479,7 +522,7 @@ inline void forward_items(const MultiCropParams<in_t, out_t>& p, std::atomic<int
   const int64_t items = p.B * p.N * blocks;
   ColumnTable table;
   const int64_t vs = ceil_div<int64_t>(p.W, 16) * 16 + 2 * simd_block(kSimd);
-  AlignedVector<float> v(static_cast<size_t>(kC * vs));
+  AlignedVector<float> v(static_cast<size_t>(2 * kC * vs));
   AlignedVector<float> h(static_cast<size_t>(p.out_w));
   int64_t table_crop = -1;
   for (int64_t item = next++; item < items; item = next++) {
