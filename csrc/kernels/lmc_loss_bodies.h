@@ -57,7 +57,10 @@ struct NormalizeBody {
   static LMCL_HD void finish(const Params& p, int64_t r, int lane, int lanes, const State& total) {
     normalize_finish(row_ptr(p, r), p.stride_d, p.D, p.eps, total.sum, lane, lanes, p.out + r * p.D);
   }
-  static LMCL_HD void item(const Params& p, int64_t r) { run_row_serial<NormalizeBody>(p, r); }
+  // The CPU: one thread per row, its sum lane-blocked (vectorised).
+  static LMCL_HD void item(const Params& p, int64_t r) {
+    finish(p, r, 0, 1, State{row_squares<scalar_t, acc_t>(row_ptr(p, r), p.stride_d, p.D)});
+  }
 };
 
 // A tile of similarities [rows, cols] (leading dimension ld) against key rows col0..col0+cols. s holds the
@@ -229,7 +232,9 @@ struct NormalizeBackwardBody {
     normalize_backward_finish(row_ptr(p, r), p.stride_d, p.D, p.eps, p.grad_hat + r * p.D, anchor_row(p, r),
                               p.grad_out[0], total, lane, lanes, p.out + r * p.D);
   }
-  static LMCL_HD void item(const Params& p, int64_t r) { run_row_serial<NormalizeBackwardBody>(p, r); }
+  static LMCL_HD void item(const Params& p, int64_t r) {
+    finish(p, r, 0, 1, normalize_backward_sums(row_ptr(p, r), p.stride_d, p.D, p.grad_hat + r * p.D, anchor_row(p, r)));
+  }
 };
 
 #undef LMCL_GRID_STRIDE_RUN
