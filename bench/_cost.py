@@ -42,13 +42,15 @@ def spectral_residual_bytes(B: int, H: int, W: int, C: int = 3) -> int:
 
 
 def lmc_loss_flops(B: int, N: int, D: int, world: int = 1) -> dict:
-    """Similarity-matmul flops of lmc_loss (2 per multiply-add), forward and backward separately.
+    """The similarity matmuls' flops that a training step needs (2 per multiply-add), forward and backward.
 
     Queries: the B*N manifold rows and the B anchor rows; keys: the world*B*N gathered crops.
-    Forward: S = Q K^T once. Backward: S again, then dQ = G K and dK = G^T Q, i.e. 3x the forward.
-    Element-wise work (exp, masks) and the O(M*D) normalisation are not counted.
+    Forward: S = Q K^T. Backward: dQ = G K and dK = G^T Q, i.e. 2x the forward: the three GEMMs of eager
+    autograd. A backward that recomputes S tile by tile does one forward more, which is not counted (the
+    CPU op does not need it, bench/RESULTS.md). Element-wise work (exp, masks) and the O(M*D) normalisation
+    are not counted either.
     """
     rows = B * N + B
     keys = world * B * N
     fwd = 2 * rows * keys * D
-    return {"flops_fwd": fwd, "flops_bwd": 3 * fwd}
+    return {"flops_fwd": fwd, "flops_bwd": 2 * fwd}

@@ -88,10 +88,24 @@ def _train_log(out: str) -> list:
         return [json.loads(line) for line in fh]
 
 
+# gloo's words when a peer's TCP connection drops: on 2 overloaded cores a rank can miss a rendezvous deadline.
+GLOO_PEER_LOST = ("Connection reset by peer", "Connection closed by peer")
+
+
 def _run_to_end(args, ranks, out, hook, name) -> None:
+    """Run to the end. A resumed multi-rank run that loses a gloo peer is resumed once more, as its user would:
+    the checkpoint it resumes from is what the test checks, not the machine's scheduling."""
     os.makedirs(out, exist_ok=True)
-    proc = _launch(args, ranks, os.path.join(out, f"{name}.log"), hook)
-    assert proc.wait(timeout=300) == 0, _log_text(os.path.join(out, f"{name}.log"))
+    retries = 1 if ranks > 1 and "--resume" in args else 0
+    for attempt in range(retries + 1):
+        log = os.path.join(out, f"{name}_{attempt}.log" if attempt else f"{name}.log")
+        proc = _launch(args, ranks, log, hook)
+        if proc.wait(timeout=300) == 0:
+            return
+        text = _log_text(log)
+        if not any(words in text for words in GLOO_PEER_LOST):
+            break
+    pytest.fail(f"{name} run failed:\n{text}")
 
 
 def _assert_same_run(out: str, reference: str) -> None:

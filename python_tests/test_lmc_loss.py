@@ -157,8 +157,8 @@ def test_detached_teacher_gets_no_gradient_work():
 @pytest.mark.parametrize("key_tile", [0, 5, 64])
 @pytest.mark.parametrize("needs", [(True, True, True), (True, True, False), (False, False, True)])
 def test_forward_unit_gradients_equal_the_recomputed_backward(key_tile, needs):
-    # The forward's unit gradients (the one-tile fast path at key_tile 0/64, the recomputing tile loop at 5)
-    # give the backward the same gradients as the recomputation it replaces, for any grad_loss.
+    # The forward's unit gradients (the CPU's row strips: one per thread at key_tile 0/64, one image each at 5)
+    # give the backward the same gradients as the tile loop's recomputation they replace, for any grad_loss.
     case = _case(4, 3, 8, tau=0.07, intra_weight=0.3)
     args = (case["z"], case["anchor_idx"], case["z"], case["teacher"], 0, 0.07, 0.3, 0.8, key_tile)
     out = torch.ops.lmcl.lmc_loss(*args, *needs)
@@ -225,7 +225,9 @@ def test_bad_unit_gradient_is_named():
 
 @pytest.mark.parametrize("key_tile", [1, 5, 7, 64])
 def test_key_tiles_that_split_images_match_reference(key_tile):
-    # Tiles narrower than N and not aligned to image boundaries exercise the online LSE merge.
+    # Tiles narrower than N and not aligned to image boundaries: the recomputing backward's tile loop (the
+    # online LSE merge runs in the grid runner's forward, test_grid_runner_matches_cpu_op); the CPU forward
+    # runs row strips of one image.
     case = _case(5, 6, 10, tau=0.05, intra_weight=0.2)
     z = case["z"].clone().requires_grad_(True)
     t = case["teacher"].clone().requires_grad_(True)

@@ -66,8 +66,8 @@ struct CpuPasses {
                      [&](int64_t begin, int64_t end) { serial<Body>(p, begin, end); });
   }
 
-  // One-tile forwards run as one parallel region over blocks of images (host/lmc_loss.h,
-  // lmc_loss_forward_row_blocks): a block per thread, so each thread runs one GEMM of its rows.
+  // Forwards run as one parallel region over blocks of images (host/lmc_loss.h, lmc_loss_forward_row_strips):
+  // a block per thread, so each thread runs the GEMMs of its own rows.
   static constexpr bool kRowBlocks = true;
 
   static int64_t block_count(int64_t images) {

@@ -3,7 +3,8 @@
 // the backend entries, and GridPasses (each pass one launch, csrc/host/launch.h). A `Passes` object runs the
 // bodies: CpuPasses (at::parallel_for, csrc/cpu/lmc_loss_cpu.cpp) or GridPasses<Launcher>.
 //
-// Keys are processed in chunks of T rows. Forward: S = Q K_chunk^T (GEMM), then one pass updates
+// The tile loop (the GPU's and grid runner's forward, every recomputing backward): keys are processed in
+// chunks of T rows. Forward: S = Q K_chunk^T (GEMM), then one pass updates
 // each row's running max and sum. The pair gradients recompute S, turn it into gradient coefficients G in
 // place, then dQ += G K_chunk and dK_chunk = G^T Q. Memory O(M D + M T); nothing [M, M] is kept.
 //
@@ -11,7 +12,9 @@
 // the forward also computes the gradients with respect to the normalised rows for grad_loss = 1 ("unit
 // gradients", O(M D)), and backward only scales them and runs the normalisation's backward. When every key
 // fits one tile, the forward's S is still in the tile buffer: no similarity is computed twice, so a training
-// step does the three GEMMs of eager autograd instead of four.
+// step does the three GEMMs of eager autograd instead of four. The CPU's forward runs row strips instead
+// (lmc_loss_forward_row_strips): every key against a strip of query rows, in the same memory as the tiles,
+// so three GEMMs at every size.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -21,6 +24,7 @@
 #include <array>
 #include <cmath>
 #include <limits>
+#include <numeric>
 #include <optional>
 #include <tuple>
 
@@ -117,9 +121,11 @@ Normalized<acc_t> normalize_all(Passes& passes, const at::Tensor& z, const at::T
   return n;
 }
 
-// Params of a tile pass over S [rows, cols] against key rows col0... Cluster rows when anchor_idx is set.
+// Params of a tile pass over S [rows, cols] (query rows row0.., key rows col0..). Cluster rows when
+// anchor_idx is set.
 template <typename acc_t>
-TileParams<acc_t> tile_params(at::Tensor& s, int64_t col0, int64_t N, const LmcOptions& o, const int64_t* anchor_idx) {
+TileParams<acc_t> tile_params(at::Tensor& s, int64_t col0, int64_t N, const LmcOptions& o, const int64_t* anchor_idx,
+                              int64_t row0 = 0) {
   const bool cluster = anchor_idx != nullptr;
   const acc_t minus_inf = -std::numeric_limits<acc_t>::infinity();
   return TileParams<acc_t>{s.data_ptr<acc_t>(),
@@ -133,7 +139,8 @@ TileParams<acc_t> tile_params(at::Tensor& s, int64_t col0, int64_t N, const LmcO
                            anchor_idx,
                            static_cast<acc_t>(1.0 / o.tau),
                            cluster ? minus_inf : acc_t(0),
-                           cluster ? minus_inf : static_cast<acc_t>(std::log(o.intra_weight))};
+                           cluster ? minus_inf : static_cast<acc_t>(std::log(o.intra_weight)),
+                           row0};
 }
 
 // A contiguous [rows, cols] view at the start of a flat buffer (the last chunk is narrower).
@@ -250,9 +257,10 @@ struct RowLse {
   int64_t N;
   const int64_t* anchor_idx;  // cluster rows when set
 
-  RowLse(int64_t rows, int64_t N_, const int64_t* anchor_idx_, const at::TensorOptions& opts)
-      : max(at::full({rows}, -std::numeric_limits<acc_t>::infinity(), opts)),
-        sum(at::zeros({rows}, opts)),
+  // started: the running state starts empty (max -inf, sum 0); else the caller starts each row (start_rows).
+  RowLse(int64_t rows, int64_t N_, const int64_t* anchor_idx_, const at::TensorOptions& opts, bool started = true)
+      : max(started ? at::full({rows}, -std::numeric_limits<acc_t>::infinity(), opts) : at::empty({rows}, opts)),
+        sum(started ? at::zeros({rows}, opts) : at::empty({rows}, opts)),
         same(at::empty({rows, N_}, opts)),
         lse(at::empty({rows}, opts)),
         loss(at::empty({rows}, opts)),
@@ -260,9 +268,14 @@ struct RowLse {
         anchor_idx(anchor_idx_) {}
 
   // The LSE update over the similarity tile `s` of keys col0...
-  typename LseTileBody<acc_t>::Params update(at::Tensor& s, int64_t col0, const LmcOptions& o) {
-    return {tile_params<acc_t>(s, col0, N, o, anchor_idx), max.data_ptr<acc_t>(), sum.data_ptr<acc_t>(),
+  typename LseTileBody<acc_t>::Params update(at::Tensor& s, int64_t col0, const LmcOptions& o, int64_t row0 = 0) {
+    return {tile_params<acc_t>(s, col0, N, o, anchor_idx, row0), max.data_ptr<acc_t>(), sum.data_ptr<acc_t>(),
             same.data_ptr<acc_t>()};
+  }
+  // Empty running state for rows [r0, r1), in host memory.
+  void start_rows(int64_t r0, int64_t r1) {
+    std::fill(max.data_ptr<acc_t>() + r0, max.data_ptr<acc_t>() + r1, -std::numeric_limits<acc_t>::infinity());
+    std::fill(sum.data_ptr<acc_t>() + r0, sum.data_ptr<acc_t>() + r1, acc_t(0));
   }
   const acc_t* lse_data() const { return lse.data_ptr<acc_t>(); }
   const acc_t* same_data() const { return same.data_ptr<acc_t>(); }
@@ -284,16 +297,46 @@ inline at::Tensor loss_from_rows(const at::Tensor& clu_loss, const at::Tensor& m
   return clu_loss.sum().mul_(scale_c).add_(man_loss.sum().mul_(scale_m));
 }
 
-// The forward when one tile holds every key, on a backend that runs blocks of images in parallel
-// (Passes::kRowBlocks: the CPU). One parallel region over blocks of images: each block computes its rows'
-// similarities (a GEMM of its own), log-sum-exps and losses and, for the inputs in `needs`, its rows' pair
-// gradients, its rows of dq and da, and its share of dkz and dkt, which are summed after the region in block
-// order. A small problem then makes one parallel region instead of a dozen (each waits for its slowest thread,
-// which on a busy machine may be descheduled), and the element-wise passes run on every thread. The bodies
-// are the tile loop's; a row's values differ from it only by the GEMM's summation order.
+// loss_from_rows for row losses in host memory, summed in order in double: a handful of ATen calls fewer
+// per step, which at M = 512 is a measurable share of the step.
+template <typename acc_t>
+at::Tensor loss_from_host_rows(const at::Tensor& clu_loss, const at::Tensor& man_loss, int64_t B, int64_t N,
+                               const LmcOptions& o) {
+  const auto total = [](const at::Tensor& rows) {
+    const acc_t* v = rows.data_ptr<acc_t>();
+    return std::accumulate(v, v + rows.numel(), 0.0);
+  };
+  const double loss = total(clu_loss) / static_cast<double>(B * (N - 1)) +
+                      o.manifold_weight * total(man_loss) / static_cast<double>(B * N);
+  at::Tensor out = at::empty({}, clu_loss.options());
+  *out.data_ptr<acc_t>() = static_cast<acc_t>(loss);
+  return out;
+}
+
+// Images per row strip of one worker: a strip's manifold rows hold at most the worker's share of the
+// similarities the tile loop holds (query_rows x tile: tile = key_tile, or default_key_tile's ~128 MiB); one
+// strip per worker when one tile covers every key.
+inline int64_t strip_images(int64_t images, int64_t key_rows, int64_t tile, int64_t workers) {
+  const int64_t per_worker = (images + workers - 1) / workers;
+  if (tile >= key_rows) {
+    return per_worker;
+  }
+  return std::clamp<int64_t>(images * tile / (workers * key_rows), 1, per_worker);
+}
+
+// The forward over row strips, on a backend that runs blocks of images in parallel (Passes::kRowBlocks: the
+// CPU). One parallel region: each worker takes a contiguous block of images and runs it in strips of rows
+// against every key at once. Per strip: its similarities (a GEMM of its own), log-sum-exps and row losses
+// and, for the inputs in `needs`, its pair gradients in place, its rows of dq and da, and its addition to the
+// worker's share of dkz and dkt. Worker 0 adds into the gradients themselves; the other shares are added
+// after the region, in worker order. As every key is in the strip when its row LSE is known, the pair
+// gradients reuse the forward's similarities: three GEMMs per step at every size instead of the tile loop's
+// four. A small problem is one strip per worker: one parallel region instead of a dozen (each waits for its
+// slowest thread, which on a busy machine may be descheduled), and the element-wise passes run on every
+// thread. The bodies are the tile loop's; a row's values differ from it only by the GEMMs' summation order.
 template <typename acc_t, typename Passes>
-ForwardOutputs lmc_loss_forward_row_blocks(Passes& passes, const Normalized<acc_t>& n, const int64_t* anchor_ptr,
-                                           int64_t N, const LmcOptions& o, GradNeeds needs) {
+ForwardOutputs lmc_loss_forward_row_strips(Passes& passes, const Normalized<acc_t>& n, const int64_t* anchor_ptr,
+                                           int64_t N, int64_t T, const LmcOptions& o, GradNeeds needs) {
   const int64_t B = n.anchors.size(0);
   const int64_t Mq = n.q.size(0);
   const int64_t Mk = n.kt.size(0);
@@ -302,21 +345,15 @@ ForwardOutputs lmc_loss_forward_row_blocks(Passes& passes, const Normalized<acc_
   const auto [need_q, need_kz, need_kt] = needs;
   const acc_t inv_tau = static_cast<acc_t>(1.0 / o.tau);
 
-  RowLse<acc_t> man(Mq, N, nullptr, opts);
-  RowLse<acc_t> clu(B, N, anchor_ptr, opts);
-  at::Tensor s = at::empty({Mq, Mk}, opts), sc = at::empty({B, Mk}, opts);
+  RowLse<acc_t> man(Mq, N, nullptr, opts, /*started=*/false);
+  RowLse<acc_t> clu(B, N, anchor_ptr, opts, /*started=*/false);
   at::Tensor pos_coef = at::empty({B, N}, opts), row_scale = at::empty({B}, opts);
   UnitGrads g = empty_unit_grads(n, needs);
-  const int64_t blocks = passes.block_count(B);
-  // The blocks' shares of the key gradients; one block writes its share straight into the gradient.
-  const auto shares = [&](bool need, const at::Tensor& grad) {
-    return blocks == 1 ? grad.unsqueeze(0) : at::empty({need ? blocks : 0, Mk, D}, opts);
-  };
-  at::Tensor kt_shares = shares(need_kt, g.kt);
-  at::Tensor kz_shares = shares(need_kz, g.kz);
+  const int64_t workers = passes.block_count(B);
+  const int64_t strip = strip_images(B, Mk, T, workers);
+  at::Tensor kt_shares = at::empty({need_kt ? workers - 1 : 0, Mk, D}, opts);
+  at::Tensor kz_shares = at::empty({need_kz ? workers - 1 : 0, Mk, D}, opts);
 
-  const auto man_lse_p = man.update(s, 0, o);
-  const auto clu_lse_p = clu.update(sc, 0, o);
   const auto man_fin_p = man.finalize();
   const auto clu_fin_p = clu.finalize();
   const typename ClusterCoefBody<acc_t>::Params coef_p{
@@ -329,55 +366,72 @@ ForwardOutputs lmc_loss_forward_row_blocks(Passes& passes, const Normalized<acc_
       pos_coef.data_ptr<acc_t>(),
       row_scale.data_ptr<acc_t>()};
   const acc_t man_scale = static_cast<acc_t>(o.manifold_weight / static_cast<double>(Mq)) * inv_tau;
-  const typename GradTileBody<acc_t>::Params man_grad_p{tile_params<acc_t>(s, 0, N, o, nullptr),
-                                                        man.lse_data(), nullptr, man_scale, nullptr};
-  const typename GradTileBody<acc_t>::Params clu_grad_p{tile_params<acc_t>(sc, 0, N, o, anchor_ptr),
-                                                        clu.lse_data(), row_scale.data_ptr<acc_t>(),
-                                                        acc_t(0), pos_coef.data_ptr<acc_t>()};
 
-  passes.blocks(B, blocks, [&](int64_t block, int64_t b0, int64_t b1) {
-    const int64_t r0 = b0 * N, r1 = b1 * N;
-    const at::Tensor q_rows = n.q.narrow(0, r0, r1 - r0);
-    const at::Tensor a_rows = n.anchors.narrow(0, b0, b1 - b0);
-    at::Tensor s_rows = s.narrow(0, r0, r1 - r0);
-    at::Tensor sc_rows = sc.narrow(0, b0, b1 - b0);
-    at::mm_out(s_rows, q_rows, n.kt.t());
-    passes.template serial<LseTileBody<acc_t>>(man_lse_p, r0, r1);
-    passes.template serial<FinalizeBody<acc_t>>(man_fin_p, r0, r1);
-    at::mm_out(sc_rows, a_rows, n.kz.t());
-    passes.template serial<LseTileBody<acc_t>>(clu_lse_p, b0, b1);
-    passes.template serial<FinalizeBody<acc_t>>(clu_fin_p, b0, b1);
-    // Rows of G in place of the similarities, then the query rows' gradient G K and this block's share G^T Q
-    // of the keys' gradient.
+  passes.blocks(B, workers, [&](int64_t worker, int64_t w0, int64_t w1) {
+    const int64_t strip_max = std::min(strip, w1 - w0);
+    at::Tensor s_buf = at::empty({strip_max * N * Mk}, opts);
+    at::Tensor sc_buf = at::empty({strip_max * Mk}, opts);
+    const auto share = [&](bool need, const at::Tensor& grad, const at::Tensor& shares) {
+      return !need ? at::Tensor() : worker == 0 ? grad : shares.select(0, worker - 1);
+    };
+    at::Tensor dkt = share(need_kt, g.kt, kt_shares);
+    at::Tensor dkz = share(need_kz, g.kz, kz_shares);
+    // Rows of G in place of the similarities, then the query rows' gradient G K and the addition G^T Q to
+    // the worker's share of the keys' gradient (the worker's first strip writes it).
     const auto gemms = [&](const at::Tensor& g_rows, const at::Tensor& keys, const at::Tensor& queries,
-                           std::optional<at::Tensor> dq_rows, std::optional<at::Tensor> dk_share) {
+                           std::optional<at::Tensor> dq_rows, at::Tensor& dk, bool first) {
       if (dq_rows) {
         at::mm_out(*dq_rows, g_rows, keys);
       }
-      if (dk_share) {
-        at::mm_out(*dk_share, g_rows.t(), queries);
+      if (dk.defined()) {
+        if (first) {
+          at::mm_out(dk, g_rows.t(), queries);
+        } else {
+          dk.addmm_(g_rows.t(), queries);
+        }
       }
     };
     using Out = std::optional<at::Tensor>;
-    if (need_q || need_kt) {
-      passes.template grad_rows<acc_t>(man_grad_p, r0, r1);
-      gemms(s_rows, n.kt, q_rows, need_q ? Out(g.q.narrow(0, r0, r1 - r0)) : std::nullopt,
-            need_kt ? Out(kt_shares.select(0, block)) : std::nullopt);
-    }
-    if (need_q || need_kz) {
-      passes.template serial<ClusterCoefBody<acc_t>>(coef_p, b0, b1);
-      passes.template grad_rows<acc_t>(clu_grad_p, b0, b1);
-      gemms(sc_rows, n.kz, a_rows, need_q ? Out(g.anchors.narrow(0, b0, b1 - b0)) : std::nullopt,
-            need_kz ? Out(kz_shares.select(0, block)) : std::nullopt);
+    for (int64_t b0 = w0; b0 < w1; b0 += strip_max) {
+      const int64_t b1 = std::min(w1, b0 + strip_max);
+      const int64_t r0 = b0 * N, r1 = b1 * N;
+      const bool first = b0 == w0;
+      const at::Tensor q_rows = n.q.narrow(0, r0, r1 - r0);
+      const at::Tensor a_rows = n.anchors.narrow(0, b0, b1 - b0);
+      at::Tensor s_rows = tile_view(s_buf, r1 - r0, Mk);
+      at::Tensor sc_rows = tile_view(sc_buf, b1 - b0, Mk);
+      at::mm_out(s_rows, q_rows, n.kt.t());
+      man.start_rows(r0, r1);
+      clu.start_rows(b0, b1);
+      passes.template serial<LseTileBody<acc_t>>(man.update(s_rows, 0, o, r0), r0, r1);
+      passes.template serial<FinalizeBody<acc_t>>(man_fin_p, r0, r1);
+      at::mm_out(sc_rows, a_rows, n.kz.t());
+      passes.template serial<LseTileBody<acc_t>>(clu.update(sc_rows, 0, o, b0), b0, b1);
+      passes.template serial<FinalizeBody<acc_t>>(clu_fin_p, b0, b1);
+      if (need_q || need_kt) {
+        passes.template grad_rows<acc_t>(
+            {tile_params<acc_t>(s_rows, 0, N, o, nullptr, r0), man.lse_data(), nullptr, man_scale, nullptr}, r0, r1);
+        gemms(s_rows, n.kt, q_rows, need_q ? Out(g.q.narrow(0, r0, r1 - r0)) : std::nullopt, dkt, first);
+      }
+      if (need_q || need_kz) {
+        passes.template serial<ClusterCoefBody<acc_t>>(coef_p, b0, b1);
+        passes.template grad_rows<acc_t>({tile_params<acc_t>(sc_rows, 0, N, o, anchor_ptr, b0), clu.lse_data(),
+                                          row_scale.data_ptr<acc_t>(), acc_t(0), pos_coef.data_ptr<acc_t>()},
+                                         b0, b1);
+        gemms(sc_rows, n.kz, a_rows, need_q ? Out(g.anchors.narrow(0, b0, b1 - b0)) : std::nullopt, dkz, first);
+      }
     }
   });
-  if (need_kt && blocks > 1) {
-    at::sum_out(g.kt, kt_shares, 0);
+  for (int64_t k = 0; k + 1 < workers; ++k) {
+    if (need_kt) {
+      g.kt.add_(kt_shares.select(0, k));
+    }
+    if (need_kz) {
+      g.kz.add_(kz_shares.select(0, k));
+    }
   }
-  if (need_kz && blocks > 1) {
-    at::sum_out(g.kz, kz_shares, 0);
-  }
-  return {loss_from_rows(clu.loss, man.loss, B, N, o), clu.lse, clu.same, man.lse, g.q, g.anchors, g.kz, g.kt};
+  return {loss_from_host_rows<acc_t>(clu.loss, man.loss, B, N, o), clu.lse, clu.same, man.lse, g.q, g.anchors, g.kz,
+          g.kt};
 }
 
 // Returns (loss, cluster_lse [B], cluster_logits [B, N], manifold_lse [B*N], and the unit gradients q,
@@ -398,9 +452,7 @@ ForwardOutputs lmc_loss_forward_tiled(
   const int64_t T = o.key_tile > 0 ? std::min(o.key_tile, Mk) : default_key_tile(Mq, Mk);
   const int64_t* anchor_ptr = anchor_idx.data_ptr<int64_t>();
   if constexpr (Passes::kRowBlocks) {
-    if (T >= Mk) {
-      return lmc_loss_forward_row_blocks<acc_t>(passes, n, anchor_ptr, N, o, needs);
-    }
+    return lmc_loss_forward_row_strips<acc_t>(passes, n, anchor_ptr, N, T, o, needs);
   }
   const auto opts = n.q.options();
   RowLse<acc_t> man(Mq, N, nullptr, opts);

@@ -57,17 +57,25 @@ struct NormalizeBody {
   static LMCL_HD void finish(const Params& p, int64_t r, int lane, int lanes, const State& total) {
     normalize_finish(row_ptr(p, r), p.stride_d, p.D, p.eps, total.sum, lane, lanes, p.out + r * p.D);
   }
-  static LMCL_HD void item(const Params& p, int64_t r) { run_row_serial<NormalizeBody>(p, r); }
+  // The CPU: one thread per row, its sum lane-blocked (vectorised).
+  static LMCL_HD void item(const Params& p, int64_t r) {
+    finish(p, r, 0, 1, State{row_squares<scalar_t, acc_t>(row_ptr(p, r), p.stride_d, p.D)});
+  }
 };
 
-// A tile of similarities [rows, cols] (leading dimension ld) against key rows col0..col0+cols.
+// A tile of similarities [rows, cols] (leading dimension ld) against key rows col0..col0+cols. s holds the
+// query rows from row0 on: 0 for a whole tile, a strip's first row on the CPU's row strips (host/lmc_loss.h),
+// whose passes index rows and their per-row state globally.
 template <typename acc_t>
 struct TileParams {
   acc_t* s;
-  int64_t rows, cols, ld, cs, col0;  // element (r, j) at s[r * ld + j * cs]
+  int64_t rows, cols, ld, cs, col0;  // element (r, j) at s[(r - row0) * ld + j * cs]
   int64_t N, key_offset;
   const int64_t* anchor_idx;  // cluster rows when set
   acc_t inv_tau, self_log_w, same_log_w;
+  int64_t row0;
+
+  LMCL_HD acc_t* row(int64_t r) const { return s + (r - row0) * ld; }
 };
 
 // Forward: online LSE of every row over this tile. On the CPU one item = one row (lse_tile_row, whose
@@ -86,7 +94,7 @@ struct LseTileBody {
   static LMCL_HD int64_t rows(const Params& p) { return p.t.rows; }
   static LMCL_HD State partial(const Params& p, int64_t r, int lane, int lanes) {
     const RowPlace place = row_place(r, p.t.N, p.t.key_offset, p.t.anchor_idx);
-    const acc_t* s = p.t.s + r * p.t.ld;
+    const acc_t* s = p.t.row(r);
     State st{neg_inf<acc_t>(), acc_t(0)};
     for (int64_t j = lane; j < p.t.cols; j += lanes) {
       const int64_t col = p.t.col0 + j;
@@ -109,10 +117,10 @@ struct LseTileBody {
   static LMCL_HD void item(const Params& p, int64_t r) {
     const RowPlace place = row_place(r, p.t.N, p.t.key_offset, p.t.anchor_idx);
     if (p.t.cs == 1) {
-      lse_tile_row(p.t.s + r * p.t.ld, UnitCols{}, p.t.cols, p.t.col0, place, p.t.N, p.t.inv_tau, p.t.self_log_w,
+      lse_tile_row(p.t.row(r), UnitCols{}, p.t.cols, p.t.col0, place, p.t.N, p.t.inv_tau, p.t.self_log_w,
                    p.t.same_log_w, p.run_max[r], p.run_sum[r], p.same_logit + r * p.t.N);
     } else {
-      lse_tile_row(p.t.s + r * p.t.ld, StridedCols{p.t.cs}, p.t.cols, p.t.col0, place, p.t.N, p.t.inv_tau,
+      lse_tile_row(p.t.row(r), StridedCols{p.t.cs}, p.t.cols, p.t.col0, place, p.t.N, p.t.inv_tau,
                    p.t.self_log_w, p.t.same_log_w, p.run_max[r], p.run_sum[r], p.same_logit + r * p.t.N);
     }
   }
@@ -135,14 +143,14 @@ struct GradTileBody {
     const int64_t j = e % p.t.cols;
     const int64_t col = p.t.col0 + j;
     const RowPlace place = row_place(r, p.t.N, p.t.key_offset, p.t.anchor_idx);
-    acc_t& s = p.t.s[r * p.t.ld + j * p.t.cs];
+    acc_t& s = p.t.row(r)[j * p.t.cs];
     s = pair_grad(s, p.t.inv_tau, pair_log_weight(col, place, p.t.N, p.t.self_log_w, p.t.same_log_w), p.lse[r],
                   p.row_scale ? p.row_scale[r] : p.scale,
                   pair_pos_term(col, place, p.t.N, p.pos_coef ? p.pos_coef + r * p.t.N : nullptr, p.scale));
   }
   static LMCL_HD void row(const Params& p, int64_t r) {
     const RowPlace place = row_place(r, p.t.N, p.t.key_offset, p.t.anchor_idx);
-    grad_tile_row(p.t.s + r * p.t.ld, p.t.cols, p.t.col0, place, p.t.N, p.t.inv_tau, p.t.self_log_w, p.t.same_log_w,
+    grad_tile_row(p.t.row(r), p.t.cols, p.t.col0, place, p.t.N, p.t.inv_tau, p.t.self_log_w, p.t.same_log_w,
                   p.lse[r], p.row_scale ? p.row_scale[r] : p.scale, p.pos_coef ? p.pos_coef + r * p.t.N : nullptr,
                   p.scale);
   }
@@ -224,7 +232,9 @@ struct NormalizeBackwardBody {
     normalize_backward_finish(row_ptr(p, r), p.stride_d, p.D, p.eps, p.grad_hat + r * p.D, anchor_row(p, r),
                               p.grad_out[0], total, lane, lanes, p.out + r * p.D);
   }
-  static LMCL_HD void item(const Params& p, int64_t r) { run_row_serial<NormalizeBackwardBody>(p, r); }
+  static LMCL_HD void item(const Params& p, int64_t r) {
+    finish(p, r, 0, 1, normalize_backward_sums(row_ptr(p, r), p.stride_d, p.D, p.grad_hat + r * p.D, anchor_row(p, r)));
+  }
 };
 
 #undef LMCL_GRID_STRIDE_RUN

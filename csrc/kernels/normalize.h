@@ -59,6 +59,38 @@ LMCL_HD inline acc_t normalize_partial(const scalar_t* x, int64_t stride, int64_
   return sq;
 }
 
+// The CPU's form of the row sums: kLanes lanes' partial sums at once, lane k taking the elements k, k + kLanes,
+// ... as normalize_partial does. The lanes' accumulators are independent, so the loop vectorises (a single
+// running sum cannot be reordered without -ffast-math); the total adds them in lane order.
+template <int kLanes, typename acc_t, typename Term>
+LMCL_HD inline acc_t lane_blocked_sum(int64_t D, const Term& term) {
+  acc_t lanes[kLanes] = {};
+  int64_t d = 0;
+  for (; d + kLanes <= D; d += kLanes) {
+    for (int k = 0; k < kLanes; ++k) {
+      lanes[k] += term(d + k);
+    }
+  }
+  for (int k = 0; d + k < D; ++k) {
+    lanes[k] += term(d + k);
+  }
+  acc_t total = acc_t(0);
+  for (int k = 0; k < kLanes; ++k) {
+    total += lanes[k];
+  }
+  return total;
+}
+
+constexpr int kCpuRowLanes = 16;
+
+template <typename scalar_t, typename acc_t>
+LMCL_HD inline acc_t row_squares(const scalar_t* x, int64_t stride, int64_t D) {
+  return lane_blocked_sum<kCpuRowLanes, acc_t>(D, [&](int64_t d) {
+    const acc_t v = static_cast<acc_t>(x[d * stride]);
+    return v * v;
+  });
+}
+
 // This lane's elements of x / max(||x||, eps), written contiguous in acc_t, given the row's ||x||^2.
 template <typename scalar_t, typename acc_t>
 LMCL_HD inline void normalize_finish(const scalar_t* x, int64_t stride, int64_t D, acc_t eps, acc_t sq, int lane,
@@ -88,6 +120,17 @@ LMCL_HD inline NormalizeBackwardSums<acc_t> normalize_backward_partial(const sca
     s.dot += v * (g[d] + (g2 ? g2[d] : acc_t(0)));
   }
   return s;
+}
+
+// normalize_backward_partial's sums over the whole row, in the CPU's lane-blocked order.
+template <typename scalar_t, typename acc_t>
+LMCL_HD inline NormalizeBackwardSums<acc_t> normalize_backward_sums(const scalar_t* x, int64_t stride, int64_t D,
+                                                                    const acc_t* g, const acc_t* g2) {
+  const auto v = [&](int64_t d) { return static_cast<acc_t>(x[d * stride]); };
+  const acc_t sq = lane_blocked_sum<kCpuRowLanes, acc_t>(D, [&](int64_t d) { return v(d) * v(d); });
+  const acc_t dot = g2 ? lane_blocked_sum<kCpuRowLanes, acc_t>(D, [&](int64_t d) { return v(d) * (g[d] + g2[d]); })
+                       : lane_blocked_sum<kCpuRowLanes, acc_t>(D, [&](int64_t d) { return v(d) * g[d]; });
+  return {sq, dot};
 }
 
 // This lane's elements of dx = (g - x_hat (x_hat . g)) / ||x|| when ||x|| > eps, else g / eps; times the

@@ -9,8 +9,8 @@
 //   static State combine(const State& mine, const State& other);
 //   static void finish(const Params&, int64_t row, int lane, int lanes, const State& total);
 // The GPU runs it with warp shuffles (csrc/cuda/launch.cuh), the grid runner lane by lane in the same
-// exchange order (python_tests/grid_runner/grid_runner.h), and the CPU as one lane per row (run_row_serial),
-// where partial and finish are the plain sequential loops.
+// exchange order (python_tests/grid_runner/grid_runner.h). The CPU runs a row per thread (the body's item:
+// finish with one lane, after sums kept in independent lane-blocked accumulators, which vectorise).
 #pragma once
 
 #include <cstdint>
@@ -27,10 +27,5 @@ template <class Body, class = void>
 struct is_row_group_body : std::false_type {};
 template <class Body>
 struct is_row_group_body<Body, std::void_t<typename Body::State>> : std::true_type {};
-
-template <typename Body>
-LMCL_HD inline void run_row_serial(const typename Body::Params& p, int64_t row) {
-  Body::finish(p, row, 0, 1, Body::partial(p, row, 0, 1));
-}
 
 }  // namespace lmcl
