@@ -466,6 +466,13 @@ inline void crop_rows(const MultiCropParams<in_t, out_t>& p, int64_t bn, int64_t
     const CropTap<float> ty = crop_tap<float>(y, box.height, p.out_h);
     const in_t* r0 = base + (box.top + ty.i0) * p.s_y;
     const in_t* r1 = base + (box.top + ty.i1) * p.s_y;
+    if (y + 2 < y1) {  // a row of the next row pair: its first lines are not streamed in yet when it is read
+      const char* ahead =
+          reinterpret_cast<const char*>(base + (box.top + crop_tap<float>(y + 2, box.height, p.out_h).i1) * p.s_y);
+      for (int64_t byte = 0; byte < t.cols * p.s_x * static_cast<int64_t>(sizeof(in_t)); byte += 64) {
+        __builtin_prefetch(ahead + byte);
+      }
+    }
     int64_t k0 = 0;
     bool pair = false;  // rows y and y + 1 resampled together into v and v2
 #ifdef LMCL_HAS_AVX2_CLONE
