@@ -157,6 +157,34 @@ struct GradTileBody {
   LMCL_GRID_STRIDE_RUN(p.t.rows * p.t.cols)
 };
 
+// The CPU's row strips (every key in the tile, col0 = 0): lse_row_weights sets a row's LSE state and leaves
+// its pair weights in the tile; GradWeightsRowBody turns them into the gradient coefficients. One item = one
+// row.
+template <typename acc_t>
+struct LseWeightsRowBody {
+  using Params = typename LseTileBody<acc_t>::Params;
+  static LMCL_HD void item(const Params& p, int64_t r) {
+    lse_row_weights(p.t.row(r), p.t.cols, row_place(r, p.t.N, p.t.key_offset, p.t.anchor_idx), p.t.N, p.t.inv_tau,
+                    p.t.self_log_w, p.t.same_log_w, p.run_max[r], p.run_sum[r], p.same_logit + r * p.t.N);
+  }
+};
+
+template <typename acc_t>
+struct GradWeightsRowBody {
+  struct Params {
+    TileParams<acc_t> t;
+    const acc_t* run_sum;    // [rows]
+    const acc_t* row_scale;  // [rows], or null: every row uses `scale`
+    acc_t scale;
+    const acc_t* pos_coef;   // [rows, N] (cluster), or null: `scale` on the positive (manifold)
+  };
+  static LMCL_HD void item(const Params& p, int64_t r) {
+    grad_row_from_weights(p.t.row(r), p.t.cols, row_place(r, p.t.N, p.t.key_offset, p.t.anchor_idx), p.t.N,
+                          p.run_sum[r], p.row_scale ? p.row_scale[r] : p.scale,
+                          p.pos_coef ? p.pos_coef + r * p.t.N : nullptr, p.scale);
+  }
+};
+
 // After the last tile: per-row LSE and row loss. One item = one row.
 template <typename acc_t>
 struct FinalizeBody {
