@@ -96,11 +96,6 @@ struct CpuPasses {
     for_each<GradTileRows<acc_t>>(p, p.t.rows, 8 * p.t.cols);
   }
 
-  // Tile rows [begin, end) of the backward tile pass on the calling thread.
-  template <typename acc_t>
-  static void grad_rows(const typename lmc::GradTileBody<acc_t>::Params& p, int64_t begin, int64_t end) {
-    serial<GradTileRows<acc_t>>(p, begin, end);
-  }
 };
 
 }  // namespace

@@ -257,7 +257,8 @@ struct RowLse {
   int64_t N;
   const int64_t* anchor_idx;  // cluster rows when set
 
-  // started: the running state starts empty (max -inf, sum 0); else the caller starts each row (start_rows).
+  // started: the running state starts empty (max -inf, sum 0); else a pass sets each row's state
+  // (lse_row_weights).
   RowLse(int64_t rows, int64_t N_, const int64_t* anchor_idx_, const at::TensorOptions& opts, bool started = true)
       : max(started ? at::full({rows}, -std::numeric_limits<acc_t>::infinity(), opts) : at::empty({rows}, opts)),
         sum(started ? at::zeros({rows}, opts) : at::empty({rows}, opts)),
@@ -272,12 +273,8 @@ struct RowLse {
     return {tile_params<acc_t>(s, col0, N, o, anchor_idx, row0), max.data_ptr<acc_t>(), sum.data_ptr<acc_t>(),
             same.data_ptr<acc_t>()};
   }
-  // Empty running state for rows [r0, r1), in host memory.
-  void start_rows(int64_t r0, int64_t r1) {
-    std::fill(max.data_ptr<acc_t>() + r0, max.data_ptr<acc_t>() + r1, -std::numeric_limits<acc_t>::infinity());
-    std::fill(sum.data_ptr<acc_t>() + r0, sum.data_ptr<acc_t>() + r1, acc_t(0));
-  }
   const acc_t* lse_data() const { return lse.data_ptr<acc_t>(); }
+  const acc_t* sum_data() const { return sum.data_ptr<acc_t>(); }
   const acc_t* same_data() const { return same.data_ptr<acc_t>(); }
   typename FinalizeBody<acc_t>::Params finalize() {
     return {lse.size(0),           N, anchor_idx, max.data_ptr<acc_t>(), sum.data_ptr<acc_t>(), same.data_ptr<acc_t>(),
@@ -326,14 +323,16 @@ inline int64_t strip_images(int64_t images, int64_t key_rows, int64_t tile, int6
 
 // The forward over row strips, on a backend that runs blocks of images in parallel (Passes::kRowBlocks: the
 // CPU). One parallel region: each worker takes a contiguous block of images and runs it in strips of rows
-// against every key at once. Per strip: its similarities (a GEMM of its own), log-sum-exps and row losses
-// and, for the inputs in `needs`, its pair gradients in place, its rows of dq and da, and its addition to the
-// worker's share of dkz and dkt. Worker 0 adds into the gradients themselves; the other shares are added
+// against every key at once. Per strip: its similarities (a GEMM of its own); each row's log-sum-exp and
+// loss, leaving the pair weights exp(logit - max) in place (lse_row_weights); and, for the inputs in
+// `needs`, the pair gradients from those weights in place (one exp per pair in all), its rows of dq and da,
+// and its addition to the worker's share of dkz and dkt. Worker 0 adds into the gradients themselves; the other shares are added
 // after the region, in worker order. As every key is in the strip when its row LSE is known, the pair
 // gradients reuse the forward's similarities: three GEMMs per step at every size instead of the tile loop's
 // four. A small problem is one strip per worker: one parallel region instead of a dozen (each waits for its
 // slowest thread, which on a busy machine may be descheduled), and the element-wise passes run on every
-// thread. The bodies are the tile loop's; a row's values differ from it only by the GEMMs' summation order.
+// thread. A row's values differ from the tile loop's by the GEMMs' summation order and the rounding of
+// w * scale / sum against exp(logit - lse) * scale.
 template <typename acc_t, typename Passes>
 ForwardOutputs lmc_loss_forward_row_strips(Passes& passes, const Normalized<acc_t>& n, const int64_t* anchor_ptr,
                                            int64_t N, int64_t T, const LmcOptions& o, GradNeeds needs) {
@@ -401,23 +400,22 @@ ForwardOutputs lmc_loss_forward_row_strips(Passes& passes, const Normalized<acc_
       at::Tensor s_rows = tile_view(s_buf, r1 - r0, Mk);
       at::Tensor sc_rows = tile_view(sc_buf, b1 - b0, Mk);
       at::mm_out(s_rows, q_rows, n.kt.t());
-      man.start_rows(r0, r1);
-      clu.start_rows(b0, b1);
-      passes.template serial<LseTileBody<acc_t>>(man.update(s_rows, 0, o, r0), r0, r1);
+      passes.template serial<LseWeightsRowBody<acc_t>>(man.update(s_rows, 0, o, r0), r0, r1);
       passes.template serial<FinalizeBody<acc_t>>(man_fin_p, r0, r1);
       at::mm_out(sc_rows, a_rows, n.kz.t());
-      passes.template serial<LseTileBody<acc_t>>(clu.update(sc_rows, 0, o, b0), b0, b1);
+      passes.template serial<LseWeightsRowBody<acc_t>>(clu.update(sc_rows, 0, o, b0), b0, b1);
       passes.template serial<FinalizeBody<acc_t>>(clu_fin_p, b0, b1);
       if (need_q || need_kt) {
-        passes.template grad_rows<acc_t>(
-            {tile_params<acc_t>(s_rows, 0, N, o, nullptr, r0), man.lse_data(), nullptr, man_scale, nullptr}, r0, r1);
+        passes.template serial<GradWeightsRowBody<acc_t>>(
+            {tile_params<acc_t>(s_rows, 0, N, o, nullptr, r0), man.sum_data(), nullptr, man_scale, nullptr}, r0, r1);
         gemms(s_rows, n.kt, q_rows, need_q ? Out(g.q.narrow(0, r0, r1 - r0)) : std::nullopt, dkt, first);
       }
       if (need_q || need_kz) {
         passes.template serial<ClusterCoefBody<acc_t>>(coef_p, b0, b1);
-        passes.template grad_rows<acc_t>({tile_params<acc_t>(sc_rows, 0, N, o, anchor_ptr, b0), clu.lse_data(),
-                                          row_scale.data_ptr<acc_t>(), acc_t(0), pos_coef.data_ptr<acc_t>()},
-                                         b0, b1);
+        passes.template serial<GradWeightsRowBody<acc_t>>({tile_params<acc_t>(sc_rows, 0, N, o, anchor_ptr, b0),
+                                                            clu.sum_data(), row_scale.data_ptr<acc_t>(), acc_t(0),
+                                                            pos_coef.data_ptr<acc_t>()},
+                                                           b0, b1);
         gemms(sc_rows, n.kz, a_rows, need_q ? Out(g.anchors.narrow(0, b0, b1 - b0)) : std::nullopt, dkz, first);
       }
     }

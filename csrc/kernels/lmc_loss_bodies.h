@@ -57,9 +57,18 @@ struct NormalizeBody {
   static LMCL_HD void finish(const Params& p, int64_t r, int lane, int lanes, const State& total) {
     normalize_finish(row_ptr(p, r), p.stride_d, p.D, p.eps, total.sum, lane, lanes, p.out + r * p.D);
   }
-  // The CPU: one thread per row, its sum lane-blocked (vectorised).
+  // The CPU: one thread per row, its sum lane-blocked, unit-stride rows as such (both vectorise).
+  template <typename Stride>
+  static LMCL_HD void row(const Params& p, int64_t r, Stride stride) {
+    const scalar_t* x = row_ptr(p, r);
+    normalize_finish(x, stride, p.D, p.eps, row_squares<scalar_t, acc_t>(x, stride, p.D), 0, One{}, p.out + r * p.D);
+  }
   static LMCL_HD void item(const Params& p, int64_t r) {
-    finish(p, r, 0, 1, State{row_squares<scalar_t, acc_t>(row_ptr(p, r), p.stride_d, p.D)});
+    if (p.stride_d == 1) {
+      row(p, r, One{});
+    } else {
+      row(p, r, p.stride_d);
+    }
   }
 };
 
@@ -157,6 +166,34 @@ struct GradTileBody {
   LMCL_GRID_STRIDE_RUN(p.t.rows * p.t.cols)
 };
 
+// The CPU's row strips (every key in the tile, col0 = 0): lse_row_weights sets a row's LSE state and leaves
+// its pair weights in the tile; GradWeightsRowBody turns them into the gradient coefficients. One item = one
+// row.
+template <typename acc_t>
+struct LseWeightsRowBody {
+  using Params = typename LseTileBody<acc_t>::Params;
+  static LMCL_HD void item(const Params& p, int64_t r) {
+    lse_row_weights(p.t.row(r), p.t.cols, row_place(r, p.t.N, p.t.key_offset, p.t.anchor_idx), p.t.N, p.t.inv_tau,
+                    p.t.self_log_w, p.t.same_log_w, p.run_max[r], p.run_sum[r], p.same_logit + r * p.t.N);
+  }
+};
+
+template <typename acc_t>
+struct GradWeightsRowBody {
+  struct Params {
+    TileParams<acc_t> t;
+    const acc_t* run_sum;    // [rows]
+    const acc_t* row_scale;  // [rows], or null: every row uses `scale`
+    acc_t scale;
+    const acc_t* pos_coef;   // [rows, N] (cluster), or null: `scale` on the positive (manifold)
+  };
+  static LMCL_HD void item(const Params& p, int64_t r) {
+    grad_row_from_weights(p.t.row(r), p.t.cols, row_place(r, p.t.N, p.t.key_offset, p.t.anchor_idx), p.t.N,
+                          p.run_sum[r], p.row_scale ? p.row_scale[r] : p.scale,
+                          p.pos_coef ? p.pos_coef + r * p.t.N : nullptr, p.scale);
+  }
+};
+
 // After the last tile: per-row LSE and row loss. One item = one row.
 template <typename acc_t>
 struct FinalizeBody {
@@ -232,8 +269,20 @@ struct NormalizeBackwardBody {
     normalize_backward_finish(row_ptr(p, r), p.stride_d, p.D, p.eps, p.grad_hat + r * p.D, anchor_row(p, r),
                               p.grad_out[0], total, lane, lanes, p.out + r * p.D);
   }
-  static LMCL_HD void item(const Params& p, int64_t r) {
-    finish(p, r, 0, 1, normalize_backward_sums(row_ptr(p, r), p.stride_d, p.D, p.grad_hat + r * p.D, anchor_row(p, r)));
+  template <typename Stride>
+  static LMCL_HD void row(const Params& p, int64_t r, Stride stride) {
+    const scalar_t* x = row_ptr(p, r);
+    const acc_t* g = p.grad_hat + r * p.D;
+    const acc_t* g2 = anchor_row(p, r);
+    normalize_backward_finish(x, stride, p.D, p.eps, g, g2, p.grad_out[0],
+                              normalize_backward_sums(x, stride, p.D, g, g2), 0, One{}, p.out + r * p.D);
+  }
+  static LMCL_HD void item(const Params& p, int64_t r) {  // the CPU, as NormalizeBody::item
+    if (p.stride_d == 1) {
+      row(p, r, One{});
+    } else {
+      row(p, r, p.stride_d);
+    }
   }
 };
 

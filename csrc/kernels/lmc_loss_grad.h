@@ -40,6 +40,27 @@ LMCL_HD inline void grad_tile_row(acc_t* s, int64_t cols, int64_t col0, const Ro
   }
 }
 
+// grad_tile_row over a whole row of pair weights w = exp(logit + log_w - max) (lse_row_weights):
+// exp(logit + log_w - lse) * row_scale = w * row_scale / sum, so one multiply per pair instead of an exp.
+template <typename acc_t>
+LMCL_HD inline void grad_row_from_weights(acc_t* w, int64_t cols, const RowPlace& place, int64_t N, acc_t row_sum,
+                                          acc_t row_scale, const acc_t* pos_coef, acc_t pos_scale) {
+  const acc_t coef = row_sum > acc_t(0) ? row_scale / row_sum : acc_t(0);
+  const int64_t a = clamp_value<int64_t>(place.same_lo, 0, cols);
+  const int64_t b = clamp_value<int64_t>(place.same_lo + N, 0, cols);
+  LMCL_SIMD
+  for (int64_t j = 0; j < a; ++j) {
+    w[j] *= coef;
+  }
+  for (int64_t j = a; j < b; ++j) {
+    w[j] = w[j] * coef - pair_pos_term(j, place, N, pos_coef, pos_scale);
+  }
+  LMCL_SIMD
+  for (int64_t j = b; j < cols; ++j) {
+    w[j] *= coef;
+  }
+}
+
 // Cluster backward, per anchor row: dL/dp_k = scale * (sigma_k - 1) with sigma_k = sigmoid(p_k - lse);
 // pos_coef[k] = scale * (1 - sigma_k) / tau (0 for k = s_i) is subtracted on the positive pairs, and
 // every inter pair gets exp(logit - lse) * sum_k pos_coef[k] (returned as the row scale).

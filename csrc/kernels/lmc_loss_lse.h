@@ -65,6 +65,52 @@ LMCL_HD inline void lse_tile_row(const acc_t* s, Cols off, int64_t cols, int64_t
   run_max = m;
 }
 
+// The log-sum-exp state of a whole row at once (the CPU's row strips hold every key), leaving the pair
+// weights exp(logit + log_w - max) in place of the similarities (0 for masked pairs), so that the gradient
+// pass scales them instead of computing each exp again (grad_row_from_weights). The own image's raw logits
+// go to same_logit as in lse_tile_row.
+template <typename acc_t>
+LMCL_HD inline void lse_row_weights(acc_t* s, int64_t cols, const RowPlace& place, int64_t N, acc_t inv_tau,
+                                    acc_t self_log_w, acc_t same_log_w, acc_t& row_max, acc_t& row_sum,
+                                    acc_t* same_logit) {
+  const int64_t a = clamp_value<int64_t>(place.same_lo, 0, cols);
+  const int64_t b = clamp_value<int64_t>(place.same_lo + N, 0, cols);
+  acc_t m = neg_inf<acc_t>();
+  LMCL_SIMD_MAX(m)
+  for (int64_t j = 0; j < a; ++j) {
+    const acc_t l = s[j] * inv_tau;
+    m = l > m ? l : m;
+  }
+  for (int64_t j = a; j < b; ++j) {
+    const acc_t l = s[j] * inv_tau + pair_log_weight(j, place, N, self_log_w, same_log_w);
+    m = l > m ? l : m;
+    same_logit[j - place.same_lo] = s[j] * inv_tau;
+  }
+  LMCL_SIMD_MAX(m)
+  for (int64_t j = b; j < cols; ++j) {
+    const acc_t l = s[j] * inv_tau;
+    m = l > m ? l : m;
+  }
+  const acc_t shift = m == neg_inf<acc_t>() ? acc_t(0) : m;  // every pair masked: all weights 0
+  acc_t sum = acc_t(0);
+  LMCL_SIMD_SUM(sum)
+  for (int64_t j = 0; j < a; ++j) {
+    s[j] = exp_acc(s[j] * inv_tau - shift);
+    sum += s[j];
+  }
+  for (int64_t j = a; j < b; ++j) {
+    s[j] = exp_acc(s[j] * inv_tau + pair_log_weight(j, place, N, self_log_w, same_log_w) - shift);
+    sum += s[j];
+  }
+  LMCL_SIMD_SUM(sum)
+  for (int64_t j = b; j < cols; ++j) {
+    s[j] = exp_acc(s[j] * inv_tau - shift);
+    sum += s[j];
+  }
+  row_max = m;
+  row_sum = sum;
+}
+
 // A running log-sum-exp: sum of exp(x - max) over a set of logits, and their max (-inf: an empty set). The
 // GPU's forward pass keeps one per lane (lse_add), then merges the lanes' and the row's (lse_union).
 template <typename acc_t>

@@ -83,8 +83,14 @@ LMCL_HD inline acc_t lane_blocked_sum(int64_t D, const Term& term) {
 
 constexpr int kCpuRowLanes = 16;
 
-template <typename scalar_t, typename acc_t>
-LMCL_HD inline acc_t row_squares(const scalar_t* x, int64_t stride, int64_t D) {
+// A compile-time 1 for the CPU's row loops (unit stride, one lane), passed where the GPU passes a run-time
+// stride or lane count, so that those loops vectorise.
+struct One {
+  LMCL_HD constexpr operator int64_t() const { return 1; }
+};
+
+template <typename scalar_t, typename acc_t, typename Stride>
+LMCL_HD inline acc_t row_squares(const scalar_t* x, Stride stride, int64_t D) {
   return lane_blocked_sum<kCpuRowLanes, acc_t>(D, [&](int64_t d) {
     const acc_t v = static_cast<acc_t>(x[d * stride]);
     return v * v;
@@ -92,10 +98,10 @@ LMCL_HD inline acc_t row_squares(const scalar_t* x, int64_t stride, int64_t D) {
 }
 
 // This lane's elements of x / max(||x||, eps), written contiguous in acc_t, given the row's ||x||^2.
-template <typename scalar_t, typename acc_t>
-LMCL_HD inline void normalize_finish(const scalar_t* x, int64_t stride, int64_t D, acc_t eps, acc_t sq, int lane,
-                                     int lanes, acc_t* out) {
-  const acc_t norm = norm_from_squares(x, stride, D, sq);
+template <typename scalar_t, typename acc_t, typename Stride, typename Lanes>
+LMCL_HD inline void normalize_finish(const scalar_t* x, Stride stride, int64_t D, acc_t eps, acc_t sq, int lane,
+                                     Lanes lanes, acc_t* out) {
+  const acc_t norm = norm_from_squares(x, int64_t(stride), D, sq);
   const acc_t inv = acc_t(1) / (norm > eps ? norm : eps);
   for (int64_t d = lane; d < D; d += lanes) {
     out[d] = static_cast<acc_t>(x[d * stride]) * inv;
@@ -123,8 +129,8 @@ LMCL_HD inline NormalizeBackwardSums<acc_t> normalize_backward_partial(const sca
 }
 
 // normalize_backward_partial's sums over the whole row, in the CPU's lane-blocked order.
-template <typename scalar_t, typename acc_t>
-LMCL_HD inline NormalizeBackwardSums<acc_t> normalize_backward_sums(const scalar_t* x, int64_t stride, int64_t D,
+template <typename scalar_t, typename acc_t, typename Stride>
+LMCL_HD inline NormalizeBackwardSums<acc_t> normalize_backward_sums(const scalar_t* x, Stride stride, int64_t D,
                                                                     const acc_t* g, const acc_t* g2) {
   const auto v = [&](int64_t d) { return static_cast<acc_t>(x[d * stride]); };
   const acc_t sq = lane_blocked_sum<kCpuRowLanes, acc_t>(D, [&](int64_t d) { return v(d) * v(d); });
@@ -135,11 +141,11 @@ LMCL_HD inline NormalizeBackwardSums<acc_t> normalize_backward_sums(const scalar
 
 // This lane's elements of dx = (g - x_hat (x_hat . g)) / ||x|| when ||x|| > eps, else g / eps; times the
 // upstream gradient. x_hat . g = (x . g) / ||x||, or, for a row whose squares overflowed, summed again from x_hat.
-template <typename scalar_t, typename acc_t>
-LMCL_HD inline void normalize_backward_finish(const scalar_t* x, int64_t stride, int64_t D, acc_t eps, const acc_t* g,
+template <typename scalar_t, typename acc_t, typename Stride, typename Lanes>
+LMCL_HD inline void normalize_backward_finish(const scalar_t* x, Stride stride, int64_t D, acc_t eps, const acc_t* g,
                                               const acc_t* g2, acc_t grad_out, NormalizeBackwardSums<acc_t> s,
-                                              int lane, int lanes, scalar_t* out) {
-  const acc_t norm = norm_from_squares(x, stride, D, s.sq);
+                                              int lane, Lanes lanes, scalar_t* out) {
+  const acc_t norm = norm_from_squares(x, int64_t(stride), D, s.sq);
   if (!(norm > eps)) {
     for (int64_t d = lane; d < D; d += lanes) {
       out[d] = static_cast<scalar_t>(grad_out * (g[d] + (g2 ? g2[d] : acc_t(0))) / eps);
