@@ -310,15 +310,18 @@ at::Tensor loss_from_host_rows(const at::Tensor& clu_loss, const at::Tensor& man
   return out;
 }
 
-// Images per row strip of one worker: a strip's manifold rows hold at most the worker's share of the
-// similarities the tile loop holds (query_rows x tile: tile = key_tile, or default_key_tile's ~128 MiB); one
-// strip per worker when one tile covers every key.
-inline int64_t strip_images(int64_t images, int64_t key_rows, int64_t tile, int64_t workers) {
+// Images per row strip of one worker: about 8 MiB of similarities (2^21 floats), so that a strip stays in
+// cache from its GEMM through its passes and the next GEMMs, but at least 256 rows (fewer make slow GEMMs,
+// and every strip reads and writes the worker's share of the key gradients again); never more than the
+// worker's share of the similarities the tile loop would hold (query_rows x tile: tile = key_tile, or
+// default_key_tile's ~128 MiB), nor more than the worker's images.
+inline int64_t strip_images(int64_t images, int64_t N, int64_t key_rows, int64_t tile, int64_t workers) {
   const int64_t per_worker = (images + workers - 1) / workers;
-  if (tile >= key_rows) {
-    return per_worker;
+  int64_t strip = std::max<int64_t>((int64_t(1) << 21) / std::max<int64_t>(key_rows, 1), 256) / N;
+  if (tile < key_rows) {
+    strip = std::min(strip, images * tile / (workers * key_rows));
   }
-  return std::clamp<int64_t>(images * tile / (workers * key_rows), 1, per_worker);
+  return std::clamp<int64_t>(strip, 1, std::max<int64_t>(per_worker, 1));
 }
 
 // The forward over row strips, on a backend that runs blocks of images in parallel (Passes::kRowBlocks: the
@@ -349,7 +352,7 @@ ForwardOutputs lmc_loss_forward_row_strips(Passes& passes, const Normalized<acc_
   at::Tensor pos_coef = at::empty({B, N}, opts), row_scale = at::empty({B}, opts);
   UnitGrads g = empty_unit_grads(n, needs);
   const int64_t workers = passes.block_count(B);
-  const int64_t strip = strip_images(B, Mk, T, workers);
+  const int64_t strip = strip_images(B, N, Mk, T, workers);
   at::Tensor kt_shares = at::empty({need_kt ? workers - 1 : 0, Mk, D}, opts);
   at::Tensor kz_shares = at::empty({need_kz ? workers - 1 : 0, Mk, D}, opts);
 
