@@ -326,11 +326,10 @@ inline int64_t strip_images(int64_t images, int64_t N, int64_t key_rows, int64_t
 
 // The forward over row strips, on a backend that runs blocks of images in parallel (Passes::kRowBlocks: the
 // CPU). One parallel region: each worker takes a contiguous block of images and runs it in strips of rows
-// against every key at once: its manifold rows first, then its cluster rows, in strips of as many rows.
-// Per strip: its similarities (a GEMM of its own); each row's log-sum-exp and loss, leaving the pair weights
-// exp(logit - max) in place (lse_row_weights); and, for the inputs in `needs`, the pair gradients from those
-// weights in place (one exp per pair in all), its rows of dq (or da), and its addition to the worker's share
-// of dkt (or dkz). Worker 0 adds into the gradients themselves; the other shares are added
+// against every key at once. Per strip: its similarities (a GEMM of its own); each row's log-sum-exp and
+// loss, leaving the pair weights exp(logit - max) in place (lse_row_weights); and, for the inputs in
+// `needs`, the pair gradients from those weights in place (one exp per pair in all), its rows of dq and da,
+// and its addition to the worker's share of dkz and dkt. Worker 0 adds into the gradients themselves; the other shares are added
 // after the region, in worker order. As every key is in the strip when its row LSE is known, the pair
 // gradients reuse the forward's similarities: three GEMMs per step at every size instead of the tile loop's
 // four. A small problem is one strip per worker: one parallel region instead of a dozen (each waits for its
@@ -372,10 +371,8 @@ ForwardOutputs lmc_loss_forward_row_strips(Passes& passes, const Normalized<acc_
 
   passes.blocks(B, workers, [&](int64_t worker, int64_t w0, int64_t w1) {
     const int64_t strip_max = std::min(strip, w1 - w0);
-    // Cluster rows (one per image) go in strips of as many rows as a manifold strip, in the same buffer: a
-    // GEMM of a strip's few anchor rows would repack every key for a sliver of work.
-    const int64_t anchor_strip = std::min(w1 - w0, strip_max * N);
     at::Tensor s_buf = at::empty({strip_max * N * Mk}, opts);
+    at::Tensor sc_buf = at::empty({strip_max * Mk}, opts);
     const auto share = [&](bool need, const at::Tensor& grad, const at::Tensor& shares) {
       return !need ? at::Tensor() : worker == 0 ? grad : shares.select(0, worker - 1);
     };
@@ -397,33 +394,32 @@ ForwardOutputs lmc_loss_forward_row_strips(Passes& passes, const Normalized<acc_
       }
     };
     using Out = std::optional<at::Tensor>;
-    for (int64_t b0 = w0; b0 < w1; b0 += strip_max) {  // manifold rows: N per image
-      const int64_t r0 = b0 * N, r1 = std::min(w1, b0 + strip_max) * N;
+    for (int64_t b0 = w0; b0 < w1; b0 += strip_max) {
+      const int64_t b1 = std::min(w1, b0 + strip_max);
+      const int64_t r0 = b0 * N, r1 = b1 * N;
+      const bool first = b0 == w0;
       const at::Tensor q_rows = n.q.narrow(0, r0, r1 - r0);
+      const at::Tensor a_rows = n.anchors.narrow(0, b0, b1 - b0);
       at::Tensor s_rows = tile_view(s_buf, r1 - r0, Mk);
+      at::Tensor sc_rows = tile_view(sc_buf, b1 - b0, Mk);
       at::mm_out(s_rows, q_rows, n.kt.t());
       passes.template serial<LseWeightsRowBody<acc_t>>(man.update(s_rows, 0, o, r0), r0, r1);
       passes.template serial<FinalizeBody<acc_t>>(man_fin_p, r0, r1);
-      if (need_q || need_kt) {
-        passes.template serial<GradWeightsRowBody<acc_t>>(
-            {tile_params<acc_t>(s_rows, 0, N, o, nullptr, r0), man.sum_data(), nullptr, man_scale, nullptr}, r0, r1);
-        gemms(s_rows, n.kt, q_rows, need_q ? Out(g.q.narrow(0, r0, r1 - r0)) : std::nullopt, dkt, b0 == w0);
-      }
-    }
-    for (int64_t b0 = w0; b0 < w1; b0 += anchor_strip) {  // cluster rows: one per image
-      const int64_t b1 = std::min(w1, b0 + anchor_strip);
-      const at::Tensor a_rows = n.anchors.narrow(0, b0, b1 - b0);
-      at::Tensor sc_rows = tile_view(s_buf, b1 - b0, Mk);
       at::mm_out(sc_rows, a_rows, n.kz.t());
       passes.template serial<LseWeightsRowBody<acc_t>>(clu.update(sc_rows, 0, o, b0), b0, b1);
       passes.template serial<FinalizeBody<acc_t>>(clu_fin_p, b0, b1);
+      if (need_q || need_kt) {
+        passes.template serial<GradWeightsRowBody<acc_t>>(
+            {tile_params<acc_t>(s_rows, 0, N, o, nullptr, r0), man.sum_data(), nullptr, man_scale, nullptr}, r0, r1);
+        gemms(s_rows, n.kt, q_rows, need_q ? Out(g.q.narrow(0, r0, r1 - r0)) : std::nullopt, dkt, first);
+      }
       if (need_q || need_kz) {
         passes.template serial<ClusterCoefBody<acc_t>>(coef_p, b0, b1);
         passes.template serial<GradWeightsRowBody<acc_t>>({tile_params<acc_t>(sc_rows, 0, N, o, anchor_ptr, b0),
                                                             clu.sum_data(), row_scale.data_ptr<acc_t>(), acc_t(0),
                                                             pos_coef.data_ptr<acc_t>()},
                                                            b0, b1);
-        gemms(sc_rows, n.kz, a_rows, need_q ? Out(g.anchors.narrow(0, b0, b1 - b0)) : std::nullopt, dkz, b0 == w0);
+        gemms(sc_rows, n.kz, a_rows, need_q ? Out(g.anchors.narrow(0, b0, b1 - b0)) : std::nullopt, dkz, first);
       }
     }
   });
