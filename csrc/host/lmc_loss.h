@@ -257,16 +257,22 @@ struct RowLse {
   int64_t N;
   const int64_t* anchor_idx;  // cluster rows when set
 
-  // started: the running state starts empty (max -inf, sum 0); else a pass sets each row's state
-  // (lse_row_weights).
-  RowLse(int64_t rows, int64_t N_, const int64_t* anchor_idx_, const at::TensorOptions& opts, bool started = true)
-      : max(started ? at::full({rows}, -std::numeric_limits<acc_t>::infinity(), opts) : at::empty({rows}, opts)),
-        sum(started ? at::zeros({rows}, opts) : at::empty({rows}, opts)),
+  // The row state is left unset: a whole-row pass sets it (lse_row_weights); the tile loop starts it
+  // empty first (start_empty).
+  RowLse(int64_t rows, int64_t N_, const int64_t* anchor_idx_, const at::TensorOptions& opts)
+      : max(at::empty({rows}, opts)),
+        sum(at::empty({rows}, opts)),
         same(at::empty({rows, N_}, opts)),
         lse(at::empty({rows}, opts)),
         loss(at::empty({rows}, opts)),
         N(N_),
         anchor_idx(anchor_idx_) {}
+
+  // No key seen yet: max -inf, sum 0 (lse_union's empty set).
+  void start_empty() {
+    max.fill_(-std::numeric_limits<acc_t>::infinity());
+    sum.zero_();
+  }
 
   // The LSE update over the similarity tile `s` of keys col0...
   typename LseTileBody<acc_t>::Params update(at::Tensor& s, int64_t col0, const LmcOptions& o, int64_t row0 = 0) {
@@ -347,8 +353,8 @@ ForwardOutputs lmc_loss_forward_row_strips(Passes& passes, const Normalized<acc_
   const auto [need_q, need_kz, need_kt] = needs;
   const acc_t inv_tau = static_cast<acc_t>(1.0 / o.tau);
 
-  RowLse<acc_t> man(Mq, N, nullptr, opts, /*started=*/false);
-  RowLse<acc_t> clu(B, N, anchor_ptr, opts, /*started=*/false);
+  RowLse<acc_t> man(Mq, N, nullptr, opts);
+  RowLse<acc_t> clu(B, N, anchor_ptr, opts);
   at::Tensor pos_coef = at::empty({B, N}, opts), row_scale = at::empty({B}, opts);
   UnitGrads g = empty_unit_grads(n, needs);
   const int64_t workers = passes.block_count(B);
@@ -454,26 +460,29 @@ ForwardOutputs lmc_loss_forward_tiled(
   const int64_t* anchor_ptr = anchor_idx.data_ptr<int64_t>();
   if constexpr (Passes::kRowBlocks) {
     return lmc_loss_forward_row_strips<acc_t>(passes, n, anchor_ptr, N, T, o, needs);
-  }
-  const auto opts = n.q.options();
-  RowLse<acc_t> man(Mq, N, nullptr, opts);
-  RowLse<acc_t> clu(B, N, anchor_ptr, opts);
-  at::Tensor man_buf = at::empty({Mq * T}, opts);
-  at::Tensor clu_buf = at::empty({B * T}, opts);
-  for (int64_t c0 = 0; c0 < Mk; c0 += T) {
-    const int64_t tc = std::min(T, Mk - c0);
-    at::Tensor s = similarity_tile(man_buf, n.q, n.kt.narrow(0, c0, tc));
-    passes.template for_each<LseTileBody<acc_t>>(man.update(s, c0, o), Mq, 8 * tc);
-    at::Tensor sc = similarity_tile(clu_buf, n.anchors, n.kz.narrow(0, c0, tc));
-    passes.template for_each<LseTileBody<acc_t>>(clu.update(sc, c0, o), B, 8 * tc);
-  }
-  passes.template for_each<FinalizeBody<acc_t>>(man.finalize(), Mq, 8);
-  passes.template for_each<FinalizeBody<acc_t>>(clu.finalize(), B, 8 * N);
+  } else {
+    const auto opts = n.q.options();
+    RowLse<acc_t> man(Mq, N, nullptr, opts);
+    RowLse<acc_t> clu(B, N, anchor_ptr, opts);
+    man.start_empty();
+    clu.start_empty();
+    at::Tensor man_buf = at::empty({Mq * T}, opts);
+    at::Tensor clu_buf = at::empty({B * T}, opts);
+    for (int64_t c0 = 0; c0 < Mk; c0 += T) {
+      const int64_t tc = std::min(T, Mk - c0);
+      at::Tensor s = similarity_tile(man_buf, n.q, n.kt.narrow(0, c0, tc));
+      passes.template for_each<LseTileBody<acc_t>>(man.update(s, c0, o), Mq, 8 * tc);
+      at::Tensor sc = similarity_tile(clu_buf, n.anchors, n.kz.narrow(0, c0, tc));
+      passes.template for_each<LseTileBody<acc_t>>(clu.update(sc, c0, o), B, 8 * tc);
+    }
+    passes.template for_each<FinalizeBody<acc_t>>(man.finalize(), Mq, 8);
+    passes.template for_each<FinalizeBody<acc_t>>(clu.finalize(), B, 8 * N);
 
-  at::Tensor loss = loss_from_rows(clu.loss, man.loss, B, N, o);
-  const UnitGrads g = unit_grads_tiled<acc_t>(passes, n, anchor_ptr, clu.lse, clu.same, man.lse, o, needs, N, T,
-                                              man_buf, clu_buf, /*first_tile_ready=*/T >= Mk);
-  return {loss, clu.lse, clu.same, man.lse, g.q, g.anchors, g.kz, g.kt};
+    at::Tensor loss = loss_from_rows(clu.loss, man.loss, B, N, o);
+    const UnitGrads g = unit_grads_tiled<acc_t>(passes, n, anchor_ptr, clu.lse, clu.same, man.lse, o, needs, N, T,
+                                                man_buf, clu_buf, /*first_tile_ready=*/T >= Mk);
+    return {loss, clu.lse, clu.same, man.lse, g.q, g.anchors, g.kz, g.kt};
+  }
 }
 
 // Whether the forward's unit gradients cover what backward needs (the wrapper asks for exactly the

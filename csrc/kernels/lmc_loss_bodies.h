@@ -87,10 +87,10 @@ struct TileParams {
   LMCL_HD acc_t* row(int64_t r) const { return s + (r - row0) * ld; }
 };
 
-// Forward: online LSE of every row over this tile. On the CPU one item = one row (lse_tile_row, whose
-// loops vectorise); on the GPU a row group per row: lane l takes the keys l, l + 32, ... of the row
-// (neighbouring lanes read neighbouring similarities of a row-major tile), keeps its own running LSE
-// (lse_add), and lane 0 merges the lanes' total into the row's running state (lse_union).
+// The tile loop's forward (GPU, grid runner): online LSE of every row over this tile, a row group per row:
+// lane l takes the keys l, l + 32, ... of the row (neighbouring lanes read neighbouring similarities of a
+// row-major tile), keeps its own running LSE (lse_add), and lane 0 merges the lanes' total into the row's
+// running state (lse_union).
 template <typename acc_t>
 struct LseTileBody {
   struct Params {
@@ -123,16 +123,6 @@ struct LseTileBody {
       p.run_sum[r] = run.sum;
     }
   }
-  static LMCL_HD void item(const Params& p, int64_t r) {
-    const RowPlace place = row_place(r, p.t.N, p.t.key_offset, p.t.anchor_idx);
-    if (p.t.cs == 1) {
-      lse_tile_row(p.t.row(r), UnitCols{}, p.t.cols, p.t.col0, place, p.t.N, p.t.inv_tau, p.t.self_log_w,
-                   p.t.same_log_w, p.run_max[r], p.run_sum[r], p.same_logit + r * p.t.N);
-    } else {
-      lse_tile_row(p.t.row(r), StridedCols{p.t.cs}, p.t.cols, p.t.col0, place, p.t.N, p.t.inv_tau,
-                   p.t.self_log_w, p.t.same_log_w, p.run_max[r], p.run_sum[r], p.same_logit + r * p.t.N);
-    }
-  }
 };
 
 // Backward: similarity -> gradient coefficient, in place. One item = one tile element (coalesced
@@ -142,10 +132,10 @@ template <typename acc_t>
 struct GradTileBody {
   struct Params {
     TileParams<acc_t> t;
-    const acc_t* lse;        // [rows]
-    const acc_t* row_scale;  // [rows], or null: every row uses `scale`
+    const acc_t* normalizer;  // [rows]: the row's LSE; its sum of pair weights for GradWeightsRowBody
+    const acc_t* row_scale;   // [rows], or null: every row uses `scale`
     acc_t scale;
-    const acc_t* pos_coef;   // [rows, N] (cluster), or null: `scale` on the positive (manifold)
+    const acc_t* pos_coef;    // [rows, N] (cluster), or null: `scale` on the positive (manifold)
   };
   static LMCL_HD void item(const Params& p, int64_t e) {
     const int64_t r = e / p.t.cols;
@@ -153,14 +143,14 @@ struct GradTileBody {
     const int64_t col = p.t.col0 + j;
     const RowPlace place = row_place(r, p.t.N, p.t.key_offset, p.t.anchor_idx);
     acc_t& s = p.t.row(r)[j * p.t.cs];
-    s = pair_grad(s, p.t.inv_tau, pair_log_weight(col, place, p.t.N, p.t.self_log_w, p.t.same_log_w), p.lse[r],
+    s = pair_grad(s, p.t.inv_tau, pair_log_weight(col, place, p.t.N, p.t.self_log_w, p.t.same_log_w), p.normalizer[r],
                   p.row_scale ? p.row_scale[r] : p.scale,
                   pair_pos_term(col, place, p.t.N, p.pos_coef ? p.pos_coef + r * p.t.N : nullptr, p.scale));
   }
   static LMCL_HD void row(const Params& p, int64_t r) {
     const RowPlace place = row_place(r, p.t.N, p.t.key_offset, p.t.anchor_idx);
     grad_tile_row(p.t.row(r), p.t.cols, p.t.col0, place, p.t.N, p.t.inv_tau, p.t.self_log_w, p.t.same_log_w,
-                  p.lse[r], p.row_scale ? p.row_scale[r] : p.scale, p.pos_coef ? p.pos_coef + r * p.t.N : nullptr,
+                  p.normalizer[r], p.row_scale ? p.row_scale[r] : p.scale, p.pos_coef ? p.pos_coef + r * p.t.N : nullptr,
                   p.scale);
   }
   LMCL_GRID_STRIDE_RUN(p.t.rows * p.t.cols)
@@ -180,16 +170,10 @@ struct LseWeightsRowBody {
 
 template <typename acc_t>
 struct GradWeightsRowBody {
-  struct Params {
-    TileParams<acc_t> t;
-    const acc_t* run_sum;    // [rows]
-    const acc_t* row_scale;  // [rows], or null: every row uses `scale`
-    acc_t scale;
-    const acc_t* pos_coef;   // [rows, N] (cluster), or null: `scale` on the positive (manifold)
-  };
+  using Params = typename GradTileBody<acc_t>::Params;
   static LMCL_HD void item(const Params& p, int64_t r) {
     grad_row_from_weights(p.t.row(r), p.t.cols, row_place(r, p.t.N, p.t.key_offset, p.t.anchor_idx), p.t.N,
-                          p.run_sum[r], p.row_scale ? p.row_scale[r] : p.scale,
+                          p.normalizer[r], p.row_scale ? p.row_scale[r] : p.scale,
                           p.pos_coef ? p.pos_coef + r * p.t.N : nullptr, p.scale);
   }
 };

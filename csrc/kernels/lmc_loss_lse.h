@@ -1,4 +1,4 @@
-// lmc_loss online log-sum-exp over one similarity tile, and the row losses after the last tile.
+// lmc_loss log-sum-exp: of a whole row (the CPU's strips), the running state of the GPU's tile lanes, and the row losses.
 #pragma once
 
 #include <cstdint>
@@ -9,66 +9,10 @@
 namespace lmcl {
 namespace lmc {
 
-// Offset of column j within a tile row: unit stride (row-major tiles, whose row loops vectorise on the
-// CPU) or a run-time stride (any other tile layout).
-struct UnitCols {
-  LMCL_HD int64_t operator()(int64_t j) const { return j; }
-};
-struct StridedCols {
-  int64_t stride;
-  LMCL_HD int64_t operator()(int64_t j) const { return j * stride; }
-};
-
-// Online log-sum-exp over one tile row: s[off(0..cols)] are similarities with key rows col0.., the
-// running (max, sum) of the row is updated in place; the raw logits of the row's own-image keys that
-// fall in this tile are copied to same_logit[0..N) (positives and the cluster's p_k).
-template <typename acc_t, typename Cols>
-LMCL_HD inline void lse_tile_row(const acc_t* s, Cols off, int64_t cols, int64_t col0, const RowPlace& place,
-                                 int64_t N, acc_t inv_tau, acc_t self_log_w, acc_t same_log_w, acc_t& run_max,
-                                 acc_t& run_sum, acc_t* same_logit) {
-  // The own image's keys are a contiguous range: plain loops on both sides of it vectorise.
-  const int64_t a = clamp_value<int64_t>(place.same_lo - col0, 0, cols);
-  const int64_t b = clamp_value<int64_t>(place.same_lo + N - col0, 0, cols);
-  acc_t tmax = neg_inf<acc_t>();
-  LMCL_SIMD_MAX(tmax)
-  for (int64_t j = 0; j < a; ++j) {
-    const acc_t l = s[off(j)] * inv_tau;
-    tmax = l > tmax ? l : tmax;
-  }
-  for (int64_t j = a; j < b; ++j) {
-    const acc_t l = s[off(j)] * inv_tau + pair_log_weight(col0 + j, place, N, self_log_w, same_log_w);
-    tmax = l > tmax ? l : tmax;
-    same_logit[col0 + j - place.same_lo] = s[off(j)] * inv_tau;
-  }
-  LMCL_SIMD_MAX(tmax)
-  for (int64_t j = b; j < cols; ++j) {
-    const acc_t l = s[off(j)] * inv_tau;
-    tmax = l > tmax ? l : tmax;
-  }
-  if (tmax == neg_inf<acc_t>()) {
-    return;  // every pair of this tile is masked out
-  }
-  const acc_t m = run_max > tmax ? run_max : tmax;
-  acc_t sum = acc_t(0);
-  LMCL_SIMD_SUM(sum)
-  for (int64_t j = 0; j < a; ++j) {
-    sum += exp_acc(s[off(j)] * inv_tau - m);
-  }
-  for (int64_t j = a; j < b; ++j) {
-    sum += exp_acc(s[off(j)] * inv_tau + pair_log_weight(col0 + j, place, N, self_log_w, same_log_w) - m);
-  }
-  LMCL_SIMD_SUM(sum)
-  for (int64_t j = b; j < cols; ++j) {
-    sum += exp_acc(s[off(j)] * inv_tau - m);
-  }
-  run_sum = run_sum * exp_acc(run_max - m) + sum;
-  run_max = m;
-}
-
 // The log-sum-exp state of a whole row at once (the CPU's row strips hold every key), leaving the pair
 // weights exp(logit + log_w - max) in place of the similarities (0 for masked pairs), so that the gradient
-// pass scales them instead of computing each exp again (grad_row_from_weights). The own image's raw logits
-// go to same_logit as in lse_tile_row.
+// pass scales them instead of computing each exp again (grad_row_from_weights). The raw logits of the row's
+// own-image keys go to same_logit[0..N) (positives and the cluster's p_k).
 template <typename acc_t>
 LMCL_HD inline void lse_row_weights(acc_t* s, int64_t cols, const RowPlace& place, int64_t N, acc_t inv_tau,
                                     acc_t self_log_w, acc_t same_log_w, acc_t& row_max, acc_t& row_sum,
