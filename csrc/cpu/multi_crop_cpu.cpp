@@ -50,7 +50,8 @@ struct LineAligned {
 template <typename T>
 using AlignedVector = std::vector<T, LineAligned<T>>;
 
-// Output rows per work item: a few items per crop keep both threads busy even at B = 1.
+// Output rows per work item of the last crops (forward_items): a few items per crop keep every thread busy
+// to the end, even at B = 1.
 constexpr int64_t kRowsPerItem = 32;
 
 // Output columns per vector block of the forward's column step: one register of floats of that clone.
@@ -593,44 +594,53 @@ inline bool normal_output_only(const MultiCropParams<in_t, out_t>& p) {
   return true;
 }
 
-// Work items taken from a shared counter until none is left (item = crop * blocks + row block), so a
-// thread that finishes early (small crops, or a core shared with another process) takes more.
+// Work items taken from a shared counter until none is left, so a thread that finishes early (small crops,
+// or a core shared with another process) takes more. An item is a whole crop, except for the last
+// `threads` crops, which are split into blocks of kRowsPerItem rows so that the threads finish together: a
+// thread then builds the column table of a crop once (not once per row block, as when the threads take
+// turns at one crop's blocks).
 template <int kC, int kSimd, bool kNormalOutput = false, typename in_t, typename out_t>
-inline void forward_items(const MultiCropParams<in_t, out_t>& p, std::atomic<int64_t>& next) {
+inline void forward_items(const MultiCropParams<in_t, out_t>& p, int64_t threads, std::atomic<int64_t>& next) {
+  const int64_t crops = p.B * p.N;
+  const int64_t whole = std::max<int64_t>(crops - threads, 0);
   const int64_t blocks = ceil_div(p.out_h, kRowsPerItem);
-  const int64_t items = p.B * p.N * blocks;
+  const int64_t items = whole + (crops - whole) * blocks;
   ColumnTable table;
   const int64_t vs = ceil_div<int64_t>(p.W, 16) * 16 + 2 * simd_block(kSimd);
   AlignedVector<float> v(static_cast<size_t>(2 * kC * vs));
   AlignedVector<float> h(static_cast<size_t>(p.out_w));
   int64_t table_crop = -1;
   for (int64_t item = next++; item < items; item = next++) {
-    const int64_t bn = item / blocks;
+    const int64_t bn = item < whole ? item : whole + (item - whole) / blocks;
+    const int64_t y0 = item < whole ? 0 : ((item - whole) % blocks) * kRowsPerItem;
+    const int64_t y1 = item < whole ? p.out_h : std::min(p.out_h, y0 + kRowsPerItem);
     if (bn != table_crop) {
       const Box box = crop_source_box(p.boxes, bn, p.H, p.W);
       table.fill(box.width, crop_flipped(p, bn), p.out_w);
       table.fill_blocks(p.out_w, simd_block(kSimd));
       table_crop = bn;
     }
-    const int64_t y0 = (item % blocks) * kRowsPerItem;
-    crop_rows<kC, kSimd, kNormalOutput>(p, bn, y0, std::min(p.out_h, y0 + kRowsPerItem), table, v.data(), vs, h.data());
+    crop_rows<kC, kSimd, kNormalOutput>(p, bn, y0, y1, table, v.data(), vs, h.data());
   }
 }
 
 #ifdef LMCL_HAS_AVX2_CLONE
 template <int kC, typename in_t, typename out_t>
-LMCL_AVX2_CLONE void forward_items_avx2(const MultiCropParams<in_t, out_t>& p, std::atomic<int64_t>& next) {
-  forward_items<kC, kSimdAvx2>(p, next);
+LMCL_AVX2_CLONE void forward_items_avx2(const MultiCropParams<in_t, out_t>& p, int64_t threads,
+                                        std::atomic<int64_t>& next) {
+  forward_items<kC, kSimdAvx2>(p, threads, next);
 }
 
 template <int kC, typename in_t, typename out_t>
-LMCL_AVX512_CLONE void forward_items_avx512(const MultiCropParams<in_t, out_t>& p, std::atomic<int64_t>& next) {
-  forward_items<kC, kSimdAvx512>(p, next);
+LMCL_AVX512_CLONE void forward_items_avx512(const MultiCropParams<in_t, out_t>& p, int64_t threads,
+                                            std::atomic<int64_t>& next) {
+  forward_items<kC, kSimdAvx512>(p, threads, next);
 }
 
 template <int kC, bool kNormalOutput, typename in_t, typename out_t>
-LMCL_AVX512BF16_CLONE void forward_items_avx512bf16(const MultiCropParams<in_t, out_t>& p, std::atomic<int64_t>& next) {
-  forward_items<kC, kSimdAvx512Bf16, kNormalOutput>(p, next);
+LMCL_AVX512BF16_CLONE void forward_items_avx512bf16(const MultiCropParams<in_t, out_t>& p, int64_t threads,
+                                                    std::atomic<int64_t>& next) {
+  forward_items<kC, kSimdAvx512Bf16, kNormalOutput>(p, threads, next);
 }
 #endif
 
@@ -696,28 +706,29 @@ struct MultiCropCpu {
     const int simd = cpu_simd_level();
     const bool normal_output = normal_output_only(p);
 #endif
-    at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
+    const int64_t threads = at::get_num_threads();
+    at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
 #ifdef LMCL_HAS_AVX2_CLONE
       if constexpr (std::is_same_v<out_t, c10::BFloat16>) {
         if (simd == kSimdAvx512Bf16) {
           if (normal_output) {
-            forward_items_avx512bf16<kC, true>(p, next);
+            forward_items_avx512bf16<kC, true>(p, threads, next);
           } else {
-            forward_items_avx512bf16<kC, false>(p, next);
+            forward_items_avx512bf16<kC, false>(p, threads, next);
           }
           return;
         }
       }
       if (simd >= kSimdAvx512) {
-        forward_items_avx512<kC>(p, next);
+        forward_items_avx512<kC>(p, threads, next);
         return;
       }
       if (simd == kSimdAvx2) {
-        forward_items_avx2<kC>(p, next);
+        forward_items_avx2<kC>(p, threads, next);
         return;
       }
 #endif
-      forward_items<kC, kSimdBaseline>(p, next);
+      forward_items<kC, kSimdBaseline>(p, threads, next);
     });
   }
 
