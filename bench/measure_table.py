@@ -11,7 +11,10 @@ Cases (2 torch threads unless said):
   multi_crop B=32 uint8 384x512x3, N=8 boxes (0.25..1 of the short side), 224x224, ImageNet mean/std,
     flips, float32 and bfloat16 output: ours vs the eager loop (per-crop slice, /255, F.interpolate,
     flip, normalise), end to end (fresh output every call, page faults included);
-  multi_crop B=4 (output buffer reused by the allocator): ours vs out.fill_() on a buffer of that size;
+  the same, float32, channels-last output (the trainer's default layout): ours vs the eager loop followed
+    by the layout copy a channels-last network needs;
+  multi_crop B=4 (output buffer reused by the allocator), contiguous and channels-last output: ours vs
+    out.fill_() on a buffer of that size;
   multi_crop backward (float32 images, B=32 case): ours vs eager autograd through the eager loop;
   lmc_loss fwd+bwd M=512 (B=64, N=8, D=128): ours vs eager, 2 threads and 1 thread, then both again
     with a spinning process keeping the second core busy; M=4096: ours vs torch.compile(eager).
@@ -139,12 +142,22 @@ def measure_multi_crop(rounds: int) -> list:
         lines.append(row(f"B=32 end to end, {str(dtype)[6:]}", times, "ours", "eager",
                          f"{gbs:.2f} GB/s useful bytes at min (fresh output: page faults included)"))
 
+    nhwc = torch.channels_last
+    contenders = {
+        "ours": lambda: multi_crop(images, boxes, SIZE, mean=MEAN, std=STD, flip=flips, memory_format=nhwc),
+        "eager": lambda: eager_crops(x, box_rows, flip_rows, mean_t, std_t).flatten(0, 1).contiguous(
+            memory_format=nhwc),
+    }
+    times = interleaved(contenders, rounds)
+    lines.append(row("B=32 end to end, float32, channels-last output", times, "ours", "eager",
+                     "baseline: the eager loop, then the NHWC copy"))
+
     small_images, small_boxes, small_flips = crop_case(4, seed=1)
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype, layout in ((torch.float32, None), (torch.bfloat16, None), (torch.float32, nhwc), (torch.bfloat16, nhwc)):
         buf = torch.empty((4, 8, 3, *SIZE), dtype=dtype)
         contenders = {
             "ours": lambda: multi_crop(small_images, small_boxes, SIZE, mean=MEAN, std=STD, flip=small_flips,
-                                       out_dtype=dtype),
+                                       out_dtype=dtype, memory_format=layout),
             "fill_": lambda: buf.fill_(1.0),
         }
         times = interleaved(contenders, rounds * 4)
@@ -152,7 +165,8 @@ def measure_multi_crop(rounds: int) -> list:
         ours_gbs = buf.numel() * buf.element_size() / min(times["ours"]) / 1e9
         o_min, o_med = summary(times["ours"])
         f_min, f_med = summary(times["fill_"])
-        lines.append(f"| B=4 reused output, {str(dtype)[6:]} | {o_min * 1e3:.2f} / {o_med * 1e3:.2f} "
+        name = f"{str(dtype)[6:]}{', channels-last' if layout is not None else ''}"
+        lines.append(f"| B=4 reused output, {name} | {o_min * 1e3:.2f} / {o_med * 1e3:.2f} "
                      f"| fill_: {f_min * 1e3:.2f} / {f_med * 1e3:.2f} | {o_min / f_min:.2f}x / {o_med / f_med:.2f}x "
                      f"the write floor | output written at {ours_gbs:.1f} GB/s vs fill_ {fill_gbs:.1f} GB/s |")
 

@@ -23,12 +23,13 @@ def test_loader_moves_only_the_images():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("mutual", ["peer", "ema"])
-def test_cuda_training_steps_never_wait_for_the_host(synthetic, tmp_path, mutual):
+@pytest.mark.parametrize("mutual, amp", [("peer", "auto"), ("ema", "auto"), ("peer", "fp16")])
+def test_cuda_training_steps_never_wait_for_the_host(synthetic, tmp_path, mutual, amp):
+    # fp16: GradScaler hands its inf/NaN flag to the fused AdamW instead of reading it on the host.
     root, csv_path = synthetic
     cfg = TrainConfig(root=root, csv=csv_path, out_dir=str(tmp_path), arch="tiny", crop_size=32, n_crops=3,
                       min_crop=16, batch_size=8, epochs=1, splits=1, num_workers=0, decoder="pillow",
-                      log_every=1000, device="cuda", seed=0, mutual=mutual)
+                      log_every=1000, device="cuda", seed=0, mutual=mutual, amp=amp)
     ds = IQADataset(cfg.root, cfg.csv)
     train_idx, test_idx = random_splits(ds.group_keys(), k=1, train_frac=cfg.train_frac, seed=cfg.split_seed)[0]
     trainer = Trainer(cfg, ds, train_idx, test_idx, str(tmp_path / "run"), progress=False)

@@ -371,15 +371,17 @@ def test_grid_runner_matches_every_cpu_path(grid_runner, monkeypatch, simd, kind
 @pytest.mark.parametrize("simd", ["baseline", "avx2", "avx512", "avx512bf16"])
 @pytest.mark.parametrize("mean, std", [((0.0, 0.5, 0.0), (1e36, 3e36, 5e35)), ((1e-39, 0.0, -3e-39), (1.0, 1.0, 1.0))],
                          ids=["tiny-scale", "denormal-shift"])
-def test_uint8_denormal_outputs_match_the_per_pixel_body(grid_runner, monkeypatch, simd, mean, std):
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_uint8_denormal_outputs_match_the_per_pixel_body(grid_runner, monkeypatch, simd, mean, std, memory_format):
     monkeypatch.setenv("LMCL_CPU_SIMD", simd)
     g = torch.Generator().manual_seed(2)
     images = torch.randint(0, 256, (2, 61, 97, 3), dtype=torch.uint8, generator=g)
     images[:, :8] = 0  # zero samples: outputs of exactly the shift
     flips = torch.tensor([[True, False, True, False], [False, True, False, True]])
-    expected = multi_crop(images, _SIMD_BOXES, (37, 45), mean=mean, std=std, flip=flips, out_dtype=torch.bfloat16)
+    expected = multi_crop(images, _SIMD_BOXES, (37, 45), mean=mean, std=std, flip=flips, out_dtype=torch.bfloat16,
+                          memory_format=memory_format)
     got = grid_runner.multi_crop(images, _SIMD_BOXES, [37, 45], list(mean), list(std), flips, torch.bfloat16, 256,
-                                 4096)
+                                 4096, memory_format=memory_format)
     denormal = (expected.float() != 0) & (expected.float().abs() < torch.finfo(torch.float32).tiny)
     assert denormal.any()
     assert torch.equal(_bits(got), _bits(expected))

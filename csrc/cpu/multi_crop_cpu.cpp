@@ -9,7 +9,8 @@
 // register type: the two taps picked by register permutes from a window of two registers (at a register
 // boundary where it fits, so no load straddles two cache lines) described by a per-crop table, or
 // gathered; tap_mix, the affine, and the store in the output dtype (bfloat16 by VCVTNEPS2BF16 where the
-// CPU has it, unchecked when no output can be a denormal or NaN). Backward: one chunk = whole image
+// CPU has it, unchecked when no output can be a denormal or NaN); 3-channel channels-last output
+// interleaves the channels' registers into pixel order before the store. Backward: one chunk = whole image
 // planes (b, c), so every thread owns what it writes and the result is bit-reproducible.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -237,6 +238,17 @@ LMCL_AVX2_CLONE inline void store8(__m256 r, c10::Half* o) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(o), _mm256_cvtps_ph(r, _MM_FROUND_TO_NEAREST_INT));
 }
 
+// The three channel values of 8 pixels, r, g, b, as 24 pixel-interleaved values (channels-last output) in
+// three registers: the inverse of resample_rows_rgb_avx2's split (a permute per plane, 2 blends per register).
+LMCL_AVX2_CLONE inline void interleave_rgb8(const __m256* rgb, __m256* out) {
+  const __m256 r = _mm256_permutevar8x32_ps(rgb[0], _mm256_setr_epi32(0, 3, 6, 1, 4, 7, 2, 5));
+  const __m256 g = _mm256_permutevar8x32_ps(rgb[1], _mm256_setr_epi32(5, 0, 3, 6, 1, 4, 7, 2));
+  const __m256 b = _mm256_permutevar8x32_ps(rgb[2], _mm256_setr_epi32(2, 5, 0, 3, 6, 1, 4, 7));
+  out[0] = _mm256_blend_ps(_mm256_blend_ps(r, g, 0x92), b, 0x24);  // R0 G0 B0 R1 G1 B1 R2 G2
+  out[1] = _mm256_blend_ps(_mm256_blend_ps(b, r, 0x92), g, 0x24);  // B2 R3 G3 B3 R4 G4 B4 R5
+  out[2] = _mm256_blend_ps(_mm256_blend_ps(g, b, 0x92), r, 0x24);  // G5 B5 R6 G6 B6 R7 G7 B7
+}
+
 // ---- AVX-512 clone: 16 floats ----
 
 // How the row step of the AVX-512 clone reads its source rows: one output row from rows a, b, or two
@@ -291,6 +303,38 @@ LMCL_AVX512_CLONE inline int64_t resample_rows_rgb_avx512(const uint8_t* r0, con
   return cols;
 }
 
+// Register k of the 48 pixel-interleaved values of 16 pixels (channels-last output): element i is channel
+// (16 k + i) % 3 of pixel (16 k + i) / 3. rg_index picks it from r (0-15) or g (16-31); b_index from b
+// where b_lanes is set.
+struct RgbInterleave {
+  int32_t rg_index[3][16];
+  int32_t b_index[3][16];
+  __mmask16 b_lanes[3];
+};
+constexpr RgbInterleave rgb_interleave_table() {
+  RgbInterleave t{};
+  for (int k = 0; k < 3; ++k) {
+    for (int i = 0; i < 16; ++i) {
+      const int pixel = (16 * k + i) / 3, channel = (16 * k + i) % 3;
+      t.rg_index[k][i] = channel == 1 ? 16 + pixel : pixel;
+      t.b_index[k][i] = pixel;
+      if (channel == 2) {
+        t.b_lanes[k] = static_cast<__mmask16>(t.b_lanes[k] | (1u << i));
+      }
+    }
+  }
+  return t;
+}
+constexpr RgbInterleave kRgbInterleave = rgb_interleave_table();
+
+LMCL_AVX512_CLONE inline void interleave_rgb16(const __m512* rgb, __m512* out) {
+  for (int k = 0; k < 3; ++k) {
+    const __m512 rg = _mm512_permutex2var_ps(rgb[0], _mm512_loadu_si512(kRgbInterleave.rg_index[k]), rgb[1]);
+    out[k] = _mm512_mask_permutexvar_ps(rg, kRgbInterleave.b_lanes[k], _mm512_loadu_si512(kRgbInterleave.b_index[k]),
+                                        rgb[2]);
+  }
+}
+
 LMCL_AVX512_CLONE inline void store16(__m512 r, float* o) { _mm512_storeu_ps(o, r); }
 LMCL_AVX512_CLONE inline void store16(__m512 r, c10::BFloat16* o) {
   const __m512i b = _mm512_castps_si512(r);
@@ -340,6 +384,7 @@ struct Avx2Floats {
     return _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, t.offset), _mm256_permutevar8x32_ps(hi, t.offset), t.high);
   }
   LMCL_AVX2_CLONE static V gather(const float* s, __m256i index) { return _mm256_i32gather_ps(s, index, 4); }
+  LMCL_AVX2_CLONE static void interleave_rgb(const V* rgb, V* out) { interleave_rgb8(rgb, out); }
   template <typename out_t>
   LMCL_AVX2_CLONE static void store(V r, out_t* o) {
     store8(r, o);
@@ -359,6 +404,7 @@ struct Avx512Floats {
   LMCL_AVX512_CLONE static Taps taps(const int32_t* p) { return load_index(p); }
   LMCL_AVX512_CLONE static V pick(V lo, V hi, Taps t) { return _mm512_permutex2var_ps(lo, t, hi); }
   LMCL_AVX512_CLONE static V gather(const float* s, __m512i index) { return _mm512_i32gather_ps(index, s, 4); }
+  LMCL_AVX512_CLONE static void interleave_rgb(const V* rgb, V* out) { interleave_rgb16(rgb, out); }
   template <typename out_t>
   LMCL_AVX512_CLONE static void store(V r, out_t* o) {
     store16(r, o);
@@ -384,10 +430,11 @@ struct Avx512Bf16Floats : Avx512Floats {
 // Inlined only into its clone (flatten), so the vector arguments never cross a call.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"
-// Column step of kC channel planes for the whole blocks of an output row, written to o[c] (contiguous
-// rows), F::kWidth columns per block: both taps picked by permutes from the two registers loaded from the
-// block's first column (or gathered), then tap_mix and the affine, as resample_columns.
-template <class F, int kC, typename out_t>
+// Column step of kC channel planes for the whole blocks of an output row, F::kWidth columns per block: both
+// taps picked by permutes from the two registers loaded from the block's first column (or gathered), then
+// tap_mix and the affine, as resample_columns. Stored to o[c] (each channel's contiguous row), or, with
+// kInterleaved (channels-last output, kC = 3), as pixel-interleaved values from o[0] on.
+template <class F, int kC, bool kInterleaved, typename out_t>
 inline void resample_columns_simd(const float* v, int64_t vs, const ColumnTable& t, const float* scale,
                                   const float* shift, out_t* const* o) {
   using V = typename F::V;
@@ -402,6 +449,7 @@ inline void resample_columns_simd(const float* v, int64_t vs, const ColumnTable&
     const V w0 = F::load(t.l0.data() + x);
     const V w1 = F::load(t.l1.data() + x);
     const int32_t first = t.block_lo[k];
+    V result[kC];
     if (first >= 0) {
       const typename F::Taps p0 = F::taps(t.p0.data() + x);
       const typename F::Taps p1 = F::taps(t.p1.data() + x);
@@ -410,7 +458,7 @@ inline void resample_columns_simd(const float* v, int64_t vs, const ColumnTable&
         const V lo = F::load(s);
         const V hi = F::load(s + F::kWidth);
         const V mixed = F::add(F::mul(w0, F::pick(lo, hi, p0)), F::mul(w1, F::pick(lo, hi, p1)));
-        F::store(F::add(F::mul(mixed, scale_c[c]), shift_c[c]), o[c] + x);
+        result[c] = F::add(F::mul(mixed, scale_c[c]), shift_c[c]);
       }
     } else {
       const auto g0 = F::load_index(t.i0.data() + x);
@@ -418,7 +466,19 @@ inline void resample_columns_simd(const float* v, int64_t vs, const ColumnTable&
       for (int c = 0; c < kC; ++c) {
         const float* s = v + c * vs;
         const V mixed = F::add(F::mul(w0, F::gather(s, g0)), F::mul(w1, F::gather(s, g1)));
-        F::store(F::add(F::mul(mixed, scale_c[c]), shift_c[c]), o[c] + x);
+        result[c] = F::add(F::mul(mixed, scale_c[c]), shift_c[c]);
+      }
+    }
+    if constexpr (kInterleaved) {
+      static_assert(kC == 3, "pixel-interleaved stores are for 3 channels");
+      V pixels[3];
+      F::interleave_rgb(result, pixels);
+      for (int j = 0; j < 3; ++j) {
+        F::store(pixels[j], o[0] + 3 * x + j * F::kWidth);
+      }
+    } else {
+      for (int c = 0; c < kC; ++c) {
+        F::store(result[c], o[c] + x);
       }
     }
   }
@@ -427,7 +487,8 @@ inline void resample_columns_simd(const float* v, int64_t vs, const ColumnTable&
 #endif
 
 // Column step of output row y of crop bn from its vertically resampled row v: whole vector blocks by the
-// clone's template (contiguous output rows), the rest per column.
+// clone's template (contiguous output rows, or 3 channels' pixel-interleaved rows of channels-last
+// output), the rest per column.
 template <int kC, int kSimd, bool kNormalOutput, typename in_t, typename out_t>
 inline void crop_row_columns(const MultiCropParams<in_t, out_t>& p, int64_t bn, int64_t y, const ColumnTable& t,
                              const float* v, int64_t vs, float* h) {
@@ -438,11 +499,16 @@ inline void crop_row_columns(const MultiCropParams<in_t, out_t>& p, int64_t bn, 
   int64_t x = 0;
 #ifdef LMCL_HAS_AVX2_CLONE
   if constexpr (kSimd >= kSimdAvx2) {
+    using F = std::conditional_t<kSimd == kSimdAvx512Bf16, Avx512Bf16Floats<kNormalOutput>,
+                                 std::conditional_t<kSimd == kSimdAvx512, Avx512Floats, Avx2Floats>>;
     if (p.o_sx == 1) {
-      using F = std::conditional_t<kSimd == kSimdAvx512Bf16, Avx512Bf16Floats<kNormalOutput>,
-                                   std::conditional_t<kSimd == kSimdAvx512, Avx512Floats, Avx2Floats>>;
-      resample_columns_simd<F, kC>(v, vs, t, p.scale, p.shift, o);
+      resample_columns_simd<F, kC, false>(v, vs, t, p.scale, p.shift, o);
       x = static_cast<int64_t>(t.block_lo.size()) * simd_block(kSimd);
+    } else if constexpr (kC == 3) {
+      if (p.o_sx == 3 && p.o_sc == 1) {
+        resample_columns_simd<F, kC, true>(v, vs, t, p.scale, p.shift, o);
+        x = static_cast<int64_t>(t.block_lo.size()) * simd_block(kSimd);
+      }
     }
   }
 #endif

@@ -158,7 +158,10 @@ class Trainer:
         if self.batch_norm == "sync" and self.dist.distributed:
             for k in trainable_names(self.models):
                 torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.models[k], self.dist.group)
-        self.optimizer = torch.optim.AdamW(param_groups(trainable, cfg.weight_decay), lr=cfg.lr)
+        # CUDA: the fused AdamW kernel, which also takes GradScaler's inf/NaN flag on the device, so an fp16 step
+        # does not read it on the host (GradScaler's plain path does, every step).
+        self.optimizer = torch.optim.AdamW(param_groups(trainable, cfg.weight_decay), lr=cfg.lr,
+                                           fused=self.device.type == "cuda")
         self.scheduler = make_scheduler(self.optimizer, cfg.epochs * self.steps_per_epoch, cfg.warmup_frac,
                                         cfg.min_lr_ratio)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
@@ -266,6 +269,8 @@ class Trainer:
         for k, m in self.models.items():
             m.load_state_dict(ck["models"][k])
         self.optimizer.load_state_dict(ck["optimizer"])
+        for group in self.optimizer.param_groups:  # the saved groups carry the saving device's kernel choice
+            group["fused"] = self.device.type == "cuda"
         self.scheduler.load_state_dict(ck["scheduler"])
         self.scaler.load_state_dict(ck["scaler"])
         self.step, self.epoch = ck["step"], ck["epoch"]
