@@ -1,5 +1,7 @@
 """crop_saliency (SPEC §1.3): box means from a float64 summed-area table, and their gradient."""
 
+import math
+
 import pytest
 import torch
 
@@ -288,6 +290,55 @@ def test_grid_runner_box_check_and_clamp(grid_runner, b, box):
     assert torch.isfinite(grad).all()
 
 
+def non_finite_samples(box_dtype=torch.int64, device="cpu"):
+    """(saliency, boxes) pairs of 7 x 8 maps with NaN, +Inf and -Inf pixels, alone and mixed, at image corners
+    and edges, and boxes around pixel (2, 3) (non-finite in most maps): the pixel alone, boxes with it at each
+    corner, strips through it, boxes sharing its rows or columns without it, boxes above-left and below-right
+    of it; then the image's corners and borders (edge_boxes) and random boxes. Contiguous and transposed maps."""
+    H, W, nan, inf = 7, 8, math.nan, math.inf
+    placements = [
+        {(2, 3): nan},
+        {(0, 0): inf},
+        {(6, 7): -inf, (2, 3): inf},
+        {(2, 3): inf, (4, 5): -inf},
+        {(3, 0): nan, (3, 7): inf, (0, 4): -inf},
+        {(1, 1): inf, (5, 6): inf, (6, 0): nan, (2, 3): -inf},
+        {(2, 3): nan, (2, 4): inf, (3, 3): -inf},
+    ]
+    B = len(placements)
+    saliency = torch.rand(B, H, W, generator=torch.Generator().manual_seed(0))
+    for b, pixels in enumerate(placements):
+        for (i, j), value in pixels.items():
+            saliency[b, i, j] = value
+    around = [(2, 3, 1, 1), (2, 3, 3, 3), (0, 0, 3, 4), (0, 3, 3, 5), (2, 0, 3, 4), (2, 0, 1, W), (0, 3, H, 1),
+              (2, 4, 2, 4), (3, 3, 4, 2), (3, 4, 4, 4), (0, 0, 2, 3), (0, 0, H, W)]
+    boxes = torch.cat([torch.tensor([around] * B), edge_boxes(B, H, W), random_boxes(B, 20, H, W)], dim=1)
+    boxes = boxes.to(device=device, dtype=box_dtype)
+    saliency = saliency.to(device)
+    return [(saliency, boxes), (saliency.transpose(1, 2).contiguous().transpose(1, 2), boxes)]
+
+
+def assert_same_box_means(out, expected):
+    """NaN where `expected` is NaN, the same infinities, finite values within TOL."""
+    assert torch.equal(out.isnan(), expected.isnan())
+    assert torch.equal(out.isinf(), expected.isinf()) and torch.equal(out[out.isinf()], expected[expected.isinf()])
+    torch.testing.assert_close(out, expected, equal_nan=True, **TOL)
+
+
+@pytest.mark.parametrize("grid", GRID_SHAPES[:2], ids=lambda g: f"t{g['threads']}-b{g['max_blocks']}")
+@pytest.mark.parametrize("wide_counts", [False, True], ids=["int32-counts", "int64-counts"])
+def test_grid_runner_non_finite_pixels_reach_only_their_boxes(grid_runner, grid, wide_counts):
+    """The CUDA op's tables (the finite pixels in float64, the NaN/+Inf/-Inf counts) give the CPU op's means: a
+    box is NaN/Inf exactly when it holds a NaN/Inf pixel, and the boxes below and right of one stay finite."""
+    for saliency, boxes in non_finite_samples():
+        out, _ = grid_runner.crop_saliency(saliency, boxes, grid["threads"], grid["max_blocks"], True, wide_counts)
+        assert_same_box_means(out, ops.crop_saliency(saliency, boxes))
+        clean = reference_crop_saliency((~saliency.isfinite()).float(), boxes) == 0
+        assert clean.any() and (~clean).any()
+        assert out[clean].isfinite().all()
+        assert out[0, 9].isfinite() and out[0, 0].isnan()  # below-right of map 0's NaN / the NaN itself
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     for saliency, boxes in sample_inputs("cpu", requires_grad=True):
@@ -317,3 +368,9 @@ def test_cuda_backward_deterministic_mode():
     finally:
         torch.use_deterministic_algorithms(previous)
     assert torch.equal(grads[0], grads[1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_non_finite_pixels_match_cpu():
+    for saliency, boxes in non_finite_samples(device="cuda"):
+        assert_same_box_means(ops.crop_saliency(saliency, boxes).cpu(), ops.crop_saliency(saliency.cpu(), boxes.cpu()))

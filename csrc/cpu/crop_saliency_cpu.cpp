@@ -13,7 +13,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <limits>
 
 #include "host/boxes.h"
 #include "kernels/crop_saliency.h"
@@ -111,16 +110,20 @@ at::Tensor crop_saliency_cpu(const at::Tensor& saliency, const at::Tensor& boxes
   return out;
 }
 
-// The slow definition's means for a map with NaN or Inf pixels: the finite pixels go through the table, and each
-// box counts its NaN, +Inf and -Inf pixels (box means of 0/1 maps, exact in float64): a box with a NaN, or with
-// both infinities, is NaN; one with only +Inf (-Inf) is +Inf (-Inf); the others keep their finite mean.
+// The slow definition's means for a map with NaN or Inf pixels: the finite pixels go through the table, and
+// each box's NaN, +Inf and -Inf pixels show in its mean of the 0/1 map of each kind (> 0 exactly when it holds
+// one), combined as the CUDA kernel combines its counts (box_mean_with_nonfinite).
 at::Tensor box_means_of_nonfinite_map(const at::Tensor& saliency, const at::Tensor& boxes) {
-  const at::Tensor means = crop_saliency_cpu(at::where(at::isfinite(saliency), saliency, 0.0), boxes);
-  const auto any = [&](const at::Tensor& mask) { return crop_saliency_cpu(mask.to(at::kFloat), boxes) > 0; };
-  const at::Tensor nan = any(at::isnan(saliency)), pos = any(at::isposinf(saliency)), neg = any(at::isneginf(saliency));
-  const double inf = std::numeric_limits<double>::infinity();
-  at::Tensor out = at::where(pos, inf, at::where(neg, -inf, means));
-  return at::where(nan.logical_or(pos.logical_and(neg)), std::numeric_limits<double>::quiet_NaN(), out);
+  at::Tensor out = crop_saliency_cpu(at::nan_to_num(saliency, 0.0, 0.0, 0.0), boxes);
+  const auto share = [&](const at::Tensor& mask) { return crop_saliency_cpu(mask.to(at::kFloat), boxes); };
+  const at::Tensor nan = share(at::isnan(saliency)), pinf = share(at::isposinf(saliency)),
+                   ninf = share(at::isneginf(saliency));
+  float* o = out.data_ptr<float>();
+  const float *n = nan.data_ptr<float>(), *p = pinf.data_ptr<float>(), *m = ninf.data_ptr<float>();
+  for (int64_t i = 0; i < out.numel(); ++i) {
+    o[i] = box_mean_with_nonfinite(o[i], n[i], p[i], m[i]);
+  }
+  return out;
 }
 
 at::Tensor crop_saliency_backward_cpu(const at::Tensor& grad, const at::Tensor& boxes, int64_t H, int64_t W) {

@@ -1,6 +1,7 @@
 // crop_saliency and its backward on CUDA: checks, device guard, then host/crop_saliency.h on the GPU.
-// The float64 table from two ATen scans, one look-up kernel over B * N boxes (which also checks them with a
-// device-side assert: no device->host read). Backward: one corner kernel, then index_put_ accumulation
+// The float64 table of the finite pixels and the integer table of the NaN/+Inf/-Inf counts, each from two ATen
+// scans, one look-up kernel over B * N boxes (which also checks them with a device-side assert: no
+// device->host read). Backward: one corner kernel, then index_put_ accumulation
 // and two float64 scans.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>

@@ -1,14 +1,18 @@
-// crop_saliency host/device math: summed-area look-ups, the CPU row sweep, the adjoint, launch bodies.
+// crop_saliency host/device math: summed-area look-ups, NaN/Inf per box, the CPU row sweep, the adjoint, launch bodies.
 // Shared by the CPU kernel, the CUDA kernels and the grid-runner tests. Box clamp (box_span):
 // kernels/boxes.h. The summed-area table of one image is (H+1) x (W+1) with a zero first row and column:
 // sat[i][j] = sum of saliency[0:i, 0:j]. A box (top, left, height, width) is four look-ups, on table rows t0
 // = top and t1 = top + height: sum = span(row t1) - span(row t0), span(row) = row[l1] - row[l0]. The CUDA
 // kernel stores the whole table; the CPU kernel sweeps the image once, keeping running column sums and
 // building a table row only where a box reads it (a stored table would cost 8 bytes written per pixel against
-// 4 read). Both take the same look-ups in the same order. The backward is the mean's adjoint: each box
+// 4 read). Both take the same look-ups in the same order. NaN/Inf pixels would spread through a table to every
+// box below and right of them, so the tables hold the finite pixels only and each box's NaN, +Inf and -Inf
+// pixels are counted apart (box_mean_with_nonfinite). The backward is the mean's adjoint: each box
 // spreads g / area uniformly over its pixels, i.e. four corner updates of a 2-D difference array whose 2-D
 // prefix sum is the gradient.
 #pragma once
+
+#include <limits>
 
 #include "kernels/boxes.h"
 #include "kernels/common.h"
@@ -61,6 +65,33 @@ template <typename acc_t>
 LMCL_HD inline acc_t box_mean(const acc_t* sat, int64_t W, const BoxSpan& c) {
   const int64_t W1 = W + 1;
   return box_mean_from_sum(box_row_span(sat + c.t1 * W1, c) - box_row_span(sat + c.t0 * W1, c), c);
+}
+
+// ---- NaN and Inf pixels ------------------------------------------------------------------------------
+
+// The CUDA kernel's integer summed-area table of the non-finite pixels, (H+1) x (W+1) x 3 per image: entry
+// (i, j, kind) counts the pixels of that kind in rows [0, i) x columns [0, j), the three kinds of a corner
+// side by side (one box reads 4 corners x 3 counts).
+enum NonFiniteKind : int { kNaNPixels = 0, kPosInfPixels = 1, kNegInfPixels = 2, kNonFiniteKinds = 3 };
+
+template <typename count_t>
+LMCL_HD inline count_t box_count(const count_t* counts, int64_t W, const BoxSpan& c, NonFiniteKind kind) {
+  const auto corner = [&](int64_t row, int64_t col) { return counts[(row * (W + 1) + col) * kNonFiniteKinds + kind]; };
+  return (corner(c.t1, c.l1) - corner(c.t1, c.l0)) - (corner(c.t0, c.l1) - corner(c.t0, c.l0));
+}
+
+// The mean of a box that holds `nan` NaN, `pinf` +Inf and `ninf` -Inf pixels besides finite ones of mean
+// finite_mean, as summing the box in IEEE arithmetic gives it: NaN with a NaN or with both infinities, else
+// the infinity it holds, else the finite mean. Any count type works (> 0 exactly when the box holds one).
+template <typename acc_t, typename count_t>
+LMCL_HD inline acc_t box_mean_with_nonfinite(acc_t finite_mean, count_t nan, count_t pinf, count_t ninf) {
+  if (nan > 0 || (pinf > 0 && ninf > 0)) {
+    return std::numeric_limits<acc_t>::quiet_NaN();
+  }
+  if (pinf > 0) {
+    return std::numeric_limits<acc_t>::infinity();
+  }
+  return ninf > 0 ? -std::numeric_limits<acc_t>::infinity() : finite_mean;
 }
 
 // ---- the CPU row sweep -----------------------------------------------------------------------------
@@ -126,13 +157,14 @@ LMCL_HD inline void box_adjoint_corners(int64_t W, const BoxSpan& c, acc_t v, in
 
 // ---- CUDA kernel bodies ------------------------------------------------------------------------------
 
-// Box look-up launch: one box per item of a grid-stride loop over B * N. Writes the float32 mean and checks
-// the box: a device-side assert (the CUDA op), or, where `invalid` is set, an invalid-box flag instead (the
-// grid-runner tests of the clamp).
-template <typename index_t>
+// Box look-up launch: one box per item of a grid-stride loop over B * N. Writes the float32 mean (the finite
+// pixels' table, then the box's NaN/Inf counts) and checks the box: a device-side assert (the CUDA op), or,
+// where `invalid` is set, an invalid-box flag instead (the grid-runner tests of the clamp).
+template <typename index_t, typename count_t>
 struct CropSaliencyLookupBody {
   struct Params {
-    const double* sat;  // [B, H + 1, W + 1], contiguous
+    const double* sat;       // [B, H + 1, W + 1], contiguous: the finite pixels (NaN/Inf read as 0)
+    const count_t* counts;   // [B, H + 1, W + 1, 3], contiguous: the NaN, +Inf, -Inf pixels
     BoxTable<index_t> boxes;
     int64_t H, W;
     float* out;         // [B, N], contiguous
@@ -148,7 +180,11 @@ struct CropSaliencyLookupBody {
       } else {
         p.invalid[i] = box_is_valid(box, p.H, p.W) ? 0 : 1;
       }
-      p.out[i] = static_cast<float>(box_mean(p.sat + b * table, p.W, box_span(box, p.H, p.W)));
+      const BoxSpan c = box_span(box, p.H, p.W);
+      const count_t* counts = p.counts + b * table * kNonFiniteKinds;
+      p.out[i] = static_cast<float>(box_mean_with_nonfinite(
+          box_mean(p.sat + b * table, p.W, c), box_count(counts, p.W, c, kNaNPixels),
+          box_count(counts, p.W, c, kPosInfPixels), box_count(counts, p.W, c, kNegInfPixels)));
     });
   }
 };

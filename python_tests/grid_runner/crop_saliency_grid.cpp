@@ -19,10 +19,12 @@ lmcl::HostGridLauncher launcher(int64_t threads, int64_t max_blocks) {
 }
 
 // Returns (means, invalid flags); check=true runs the CUDA op's in-kernel box check (a ValueError here)
-// and returns all-zero flags.
+// and returns all-zero flags. wide_counts=true forces the int64 NaN/Inf counts (maps of 2^31 pixels or more).
 std::tuple<at::Tensor, at::Tensor> crop_saliency_grid(const at::Tensor& saliency, const at::Tensor& boxes,
-                                                      int64_t threads, int64_t max_blocks, bool check) {
-  auto [out, invalid] = lmcl::crop_saliency_grid(saliency, boxes, launcher(threads, max_blocks), check);
+                                                      int64_t threads, int64_t max_blocks, bool check,
+                                                      bool wide_counts) {
+  auto [out, invalid] =
+      lmcl::crop_saliency_grid(saliency, boxes, launcher(threads, max_blocks), check, wide_counts);
   if (!invalid.defined()) {
     invalid = at::zeros(out.sizes(), out.options().dtype(at::kByte));
   }
@@ -43,7 +45,8 @@ at::Tensor select_anchor_grid(const at::Tensor& scores, int64_t threads, int64_t
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(lmcl_grid, m) {
-  m.def("crop_saliency(Tensor saliency, Tensor boxes, int threads, int max_blocks, bool check) -> (Tensor, Tensor)");
+  m.def("crop_saliency(Tensor saliency, Tensor boxes, int threads, int max_blocks, bool check, "
+        "bool wide_counts=False) -> (Tensor, Tensor)");
   m.def("crop_saliency_backward(Tensor grad, Tensor boxes, int H, int W, int threads, int max_blocks) -> Tensor");
   m.def("select_anchor(Tensor scores, int threads, int max_blocks, bool check) -> Tensor");
 }
