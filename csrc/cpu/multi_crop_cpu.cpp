@@ -390,6 +390,11 @@ struct Avx2Floats {
   LMCL_AVX2_CLONE static void store(V r, out_t* o) {
     store8(r, o);
   }
+  template <typename out_t>
+  LMCL_AVX2_CLONE static void store2(V a, V b, out_t* o) {  // a, then b: 2 * kWidth values
+    store8(a, o);
+    store8(b, o + kWidth);
+  }
 };
 
 // The AVX-512 clone's register: each tap is one two-register permute.
@@ -410,6 +415,11 @@ struct Avx512Floats {
   LMCL_AVX512_CLONE static void store(V r, out_t* o) {
     store16(r, o);
   }
+  template <typename out_t>
+  LMCL_AVX512_CLONE static void store2(V a, V b, out_t* o) {
+    store16(a, o);
+    store16(b, o + kWidth);
+  }
 };
 
 // The AVX512-BF16 clone: bfloat16 stored by VCVTNEPS2BF16, checked for denormals and NaNs unless
@@ -425,6 +435,18 @@ struct Avx512Bf16Floats : Avx512Floats {
     } else {
       store16_bf16_insn(r, o);
     }
+  }
+  // Two registers of bfloat16 as one 64-byte store (VCVTNE2PS2BF16): half the stores of the output.
+  template <typename out_t>
+  LMCL_AVX512BF16_CLONE static void store2(V a, V b, out_t* o) {
+    if constexpr (std::is_same_v<out_t, c10::BFloat16>) {
+      if (kNormalOutput || (_mm512_fpclass_ps_mask(a, 0xa1) | _mm512_fpclass_ps_mask(b, 0xa1)) == 0) {
+        _mm512_storeu_si512(o, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(b, a)));
+        return;
+      }
+    }
+    store(a, o);
+    store(b, o + kWidth);
   }
 };
 
@@ -444,13 +466,12 @@ inline void resample_columns_simd(const float* v, int64_t vs, const ColumnTable&
     scale_c[c] = F::set1(scale[c]);
     shift_c[c] = F::set1(shift[c]);
   }
-  const int64_t blocks = static_cast<int64_t>(t.block_lo.size());
-  for (int64_t k = 0; k < blocks; ++k) {
+  // The kC results of block k.
+  const auto block = [&](int64_t k, V* result) {
     const int64_t x = k * F::kWidth;
     const V w0 = F::load(t.l0.data() + x);
     const V w1 = F::load(t.l1.data() + x);
     const int32_t first = t.block_lo[k];
-    V result[kC];
     if (first >= 0) {
       const typename F::Taps p0 = F::taps(t.p0.data() + x);
       const typename F::Taps p1 = F::taps(t.p1.data() + x);
@@ -470,16 +491,39 @@ inline void resample_columns_simd(const float* v, int64_t vs, const ColumnTable&
         result[c] = F::add(F::mul(mixed, scale_c[c]), shift_c[c]);
       }
     }
+  };
+  // Blocks in pairs, stored two registers at a time (F::store2); an odd last block alone.
+  const int64_t blocks = static_cast<int64_t>(t.block_lo.size());
+  for (int64_t k = 0; k < blocks; k += 2) {
+    const int64_t x = k * F::kWidth;
+    const bool pair = k + 1 < blocks;
+    V first[kC], second[kC];
+    block(k, first);
+    if (pair) {
+      block(k + 1, second);
+    }
     if constexpr (kInterleaved) {
       static_assert(kC == 3, "pixel-interleaved stores are for 3 channels");
-      V pixels[3];
-      F::interleave_rgb(result, pixels);
-      for (int j = 0; j < 3; ++j) {
-        F::store(pixels[j], o[0] + 3 * x + j * F::kWidth);
+      V pixels[6];  // the pair's 96 values: contiguous from o[0] + 3 x
+      F::interleave_rgb(first, pixels);
+      out_t* o_x = o[0] + 3 * x;
+      if (pair) {
+        F::interleave_rgb(second, pixels + 3);
+        for (int j = 0; j < 6; j += 2) {
+          F::store2(pixels[j], pixels[j + 1], o_x + j * F::kWidth);
+        }
+      } else {
+        for (int j = 0; j < 3; ++j) {
+          F::store(pixels[j], o_x + j * F::kWidth);
+        }
       }
     } else {
       for (int c = 0; c < kC; ++c) {
-        F::store(result[c], o[c] + x);
+        if (pair) {
+          F::store2(first[c], second[c], o[c] + x);
+        } else {
+          F::store(first[c], o[c] + x);
+        }
       }
     }
   }
