@@ -1,17 +1,18 @@
-// multi_crop and its backward on the CPU: the at::parallel_for backend of host/multi_crop.h, running a
-// separable form of the math in kernels/multi_crop.h (same taps, same tap_mix, rows first, then columns,
-// then the affine, so the result is bit-identical to the per-pixel body).
-// Forward: work items = blocks of output rows of one crop, taken from a shared counter. Each output row is
-// resampled vertically into a small channel-planar float row (line-aligned, it stays in L1); the AVX-512
-// clone reads uint8 RGB pixels 16 at a time (one byte permute per channel) and, when two output rows share
-// source rows (enlarged crops, or the next row pair), resamples both from one load of each source row.
-// Then the columns: 8 (AVX2) or 16 (AVX-512) output columns at a time, one template over the clone's
-// register type: the two taps picked by register permutes from a window of two registers (at a register
-// boundary where it fits, so no load straddles two cache lines) described by a per-crop table, or
-// gathered; tap_mix, the affine, and the store in the output dtype (bfloat16 by VCVTNEPS2BF16 where the
-// CPU has it, unchecked when no output can be a denormal or NaN); 3-channel channels-last output
-// interleaves the channels' registers into pixel order before the store. Backward: one chunk = whole image
-// planes (b, c), so every thread owns what it writes and the result is bit-reproducible.
+// multi_crop and its backward on the CPU: the at::parallel_for backend of host/multi_crop.h, running a separable
+// form of the math in kernels/multi_crop.h (same taps, same tap_mix, rows first, then columns, then the affine, so
+// the result is bit-identical to the per-pixel body).
+// Forward: work items = whole crops (blocks of output rows for the last few), taken from a shared counter
+// (forward_items). Each output row is resampled vertically into a small channel-planar float row (line-aligned, it
+// stays in L1); the AVX-512 clone reads uint8 RGB pixels 16 at a time (one byte permute per channel) and, when two
+// output rows share source rows (enlarged crops, or the next row pair), resamples both from one load of each source
+// row. Then the columns: 8 (AVX2) or 16 (AVX-512) output columns at a time, one template over the clone's register
+// type: the two taps picked by register permutes from a window of two registers (at a register boundary where it
+// fits, so no load straddles two cache lines) described by a per-crop table, or gathered; tap_mix, the affine, and
+// the store in the output dtype, two registers at a time (bfloat16 by VCVTNE2PS2BF16 where the CPU has it, unchecked
+// when no output can be a denormal or NaN); 3-channel channels-last output interleaves the channels' registers into
+// pixel order before the store.
+// Backward: one chunk = whole image planes (b, c), so every thread owns what it writes and the result is
+// bit-reproducible.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
