@@ -335,8 +335,8 @@ inline int64_t strip_images(int64_t images, int64_t N, int64_t key_rows, int64_t
 // against every key at once. Per strip: its similarities (a GEMM of its own); each row's log-sum-exp and
 // loss, leaving the pair weights exp(logit - max) in place (lse_row_weights); and, for the inputs in
 // `needs`, the pair gradients from those weights in place (one exp per pair in all), its rows of dq and da,
-// and its addition to the worker's share of dkz and dkt. Worker 0 adds into the gradients themselves; the other shares are added
-// after the region, in worker order. As every key is in the strip when its row LSE is known, the pair
+// and its addition to the worker's share of dkz and dkt. Worker 0 adds into the gradients themselves; the
+// other shares are added after the region, in worker order. As every key is in the strip when its row LSE is known, the pair
 // gradients reuse the forward's similarities: three GEMMs per step at every size instead of the tile loop's
 // four. A small problem is one strip per worker: one parallel region instead of a dozen (each waits for its
 // slowest thread, which on a busy machine may be descheduled), and the element-wise passes run on every

@@ -35,6 +35,17 @@ struct RowSum {
   acc_t sum;
 };
 
+// The CPU's item of a normalisation body: Body::row with the row's element stride, a compile-time One for
+// unit-stride rows so that their loops vectorise.
+template <class Body>
+LMCL_HD inline void row_by_stride(const typename Body::Params& p, int64_t r) {
+  if (p.stride_d == 1) {
+    Body::row(p, r, One{});
+  } else {
+    Body::row(p, r, p.stride_d);
+  }
+}
+
 // Embeddings [B, N, D] (strided) -> normalised rows [B*N, D] contiguous. A row group per row.
 template <typename scalar_t, typename acc_t>
 struct NormalizeBody {
@@ -63,13 +74,7 @@ struct NormalizeBody {
     const scalar_t* x = row_ptr(p, r);
     normalize_finish(x, stride, p.D, p.eps, row_squares<scalar_t, acc_t>(x, stride, p.D), 0, One{}, p.out + r * p.D);
   }
-  static LMCL_HD void item(const Params& p, int64_t r) {
-    if (p.stride_d == 1) {
-      row(p, r, One{});
-    } else {
-      row(p, r, p.stride_d);
-    }
-  }
+  static LMCL_HD void item(const Params& p, int64_t r) { row_by_stride<NormalizeBody>(p, r); }
 };
 
 // A tile of similarities [rows, cols] (leading dimension ld) against key rows col0..col0+cols. s holds the
@@ -143,15 +148,15 @@ struct GradTileBody {
     const int64_t col = p.t.col0 + j;
     const RowPlace place = row_place(r, p.t.N, p.t.key_offset, p.t.anchor_idx);
     acc_t& s = p.t.row(r)[j * p.t.cs];
-    s = pair_grad(s, p.t.inv_tau, pair_log_weight(col, place, p.t.N, p.t.self_log_w, p.t.same_log_w), p.normalizer[r],
-                  p.row_scale ? p.row_scale[r] : p.scale,
+    s = pair_grad(s, p.t.inv_tau, pair_log_weight(col, place, p.t.N, p.t.self_log_w, p.t.same_log_w),
+                  p.normalizer[r], p.row_scale ? p.row_scale[r] : p.scale,
                   pair_pos_term(col, place, p.t.N, p.pos_coef ? p.pos_coef + r * p.t.N : nullptr, p.scale));
   }
   static LMCL_HD void row(const Params& p, int64_t r) {
     const RowPlace place = row_place(r, p.t.N, p.t.key_offset, p.t.anchor_idx);
     grad_tile_row(p.t.row(r), p.t.cols, p.t.col0, place, p.t.N, p.t.inv_tau, p.t.self_log_w, p.t.same_log_w,
-                  p.normalizer[r], p.row_scale ? p.row_scale[r] : p.scale, p.pos_coef ? p.pos_coef + r * p.t.N : nullptr,
-                  p.scale);
+                  p.normalizer[r], p.row_scale ? p.row_scale[r] : p.scale,
+                  p.pos_coef ? p.pos_coef + r * p.t.N : nullptr, p.scale);
   }
   LMCL_GRID_STRIDE_RUN(p.t.rows * p.t.cols)
 };
@@ -261,13 +266,7 @@ struct NormalizeBackwardBody {
     normalize_backward_finish(x, stride, p.D, p.eps, g, g2, p.grad_out[0],
                               normalize_backward_sums(x, stride, p.D, g, g2), 0, One{}, p.out + r * p.D);
   }
-  static LMCL_HD void item(const Params& p, int64_t r) {  // the CPU, as NormalizeBody::item
-    if (p.stride_d == 1) {
-      row(p, r, One{});
-    } else {
-      row(p, r, p.stride_d);
-    }
-  }
+  static LMCL_HD void item(const Params& p, int64_t r) { row_by_stride<NormalizeBackwardBody>(p, r); }
 };
 
 #undef LMCL_GRID_STRIDE_RUN

@@ -1,4 +1,4 @@
-// lmc_loss log-sum-exp: of a whole row (the CPU's strips), the running state of the GPU's tile lanes, and the row losses.
+// lmc_loss log-sum-exp: of a whole row (the CPU's strips), the GPU's running tile state, and the row losses.
 #pragma once
 
 #include <cstdint>
