@@ -333,6 +333,7 @@ def test_grid_runner_non_finite_pixels_reach_only_their_boxes(grid_runner, grid,
     for saliency, boxes in non_finite_samples():
         out, _ = grid_runner.crop_saliency(saliency, boxes, grid["threads"], grid["max_blocks"], True, wide_counts)
         assert_same_box_means(out, ops.crop_saliency(saliency, boxes))
+        assert_same_box_means(out, reference_crop_saliency(saliency, boxes).float())  # the plain slice means
         clean = reference_crop_saliency((~saliency.isfinite()).float(), boxes) == 0
         assert clean.any() and (~clean).any()
         assert out[clean].isfinite().all()
