@@ -26,10 +26,10 @@ def _global_batch():
 
 def _worker(rank, init_file, out_dir, with_teacher, legacy_gather):
     torch.set_num_threads(1)
+    from torch.distributed import _functional_collectives as funcol
+
     legacy_calls = []
     if legacy_gather:  # the API of torch 2.4 - 2.12: a differentiable all_gather_tensor_autograd, no all_gather_single
-        from torch.distributed import _functional_collectives as funcol
-
         # Newer torch: its deprecated alias calls the name hidden here, so the alias is rebound to the function.
         differentiable = getattr(funcol, "all_gather_single", None) or funcol.all_gather_tensor_autograd
         if hasattr(funcol, "all_gather_single"):
@@ -40,13 +40,20 @@ def _worker(rank, init_file, out_dir, with_teacher, legacy_gather):
             return differentiable(x, dim, group, tag)
 
         funcol.all_gather_tensor_autograd = legacy
+    else:  # eager calls must use the plain c10d collectives (two functional all-gathers in flight crash gloo)
+        def refuse(*args, **kwargs):
+            raise AssertionError("eager lmc_loss(group=) called a functional all-gather")
+
+        funcol.all_gather_single = funcol.all_gather_tensor_autograd = refuse
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         z, t, a = _global_batch()
         rows = slice(rank * B, (rank + 1) * B)
         z_local = z[rows].clone().requires_grad_(True)
         t_local = t[rows].clone().requires_grad_(True) if with_teacher else None
-        loss = lmc_loss(z_local, a[rows], t_local, group=dist.group.WORLD, **KW)
+        # The functional all-gather is the torch.compile path ("eager" backend: Dynamo's trace, no codegen).
+        loss_fn = torch.compile(lmc_loss, backend="eager", fullgraph=True) if legacy_gather else lmc_loss
+        loss = loss_fn(z_local, a[rows], t_local, group=dist.group.WORLD, **KW)
         loss.backward()
         torch.save(dict(loss=loss.detach(), z_grad=z_local.grad, t_grad=t_local.grad if with_teacher else None,
                         legacy_calls=len(legacy_calls)), os.path.join(out_dir, f"rank{rank}.pt"))
@@ -54,16 +61,16 @@ def _worker(rank, init_file, out_dir, with_teacher, legacy_gather):
         dist.destroy_process_group()
 
 
-# The teacher=None case also runs the all-gather of torch 2.4 - 2.12 (all_gather_single hidden).
+# Eager with a teacher (two all-gathers, c10d); teacher=None compiled, through the all-gather of torch 2.4 - 2.12
+# (all_gather_single hidden).
 @pytest.mark.parametrize("with_teacher, legacy_gather", [(True, False), (False, True)],
-                         ids=["teacher", "teacher-none-legacy-gather"])
+                         ids=["teacher-eager", "teacher-none-compiled-legacy-gather"])
 def test_group_matches_single_process_global_batch(tmp_path, with_teacher, legacy_gather):
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path), with_teacher, legacy_gather), nprocs=WORLD,
              join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
-    # The fallback gathers once with teacher=None (the keys serve as both), twice with a teacher.
-    gathers = (2 if with_teacher else 1) if legacy_gather else 0
-    assert [r["legacy_calls"] for r in results] == [gathers] * WORLD
+    # The compiled fallback gathers once with teacher=None (the keys serve as both).
+    assert [r["legacy_calls"] for r in results] == [1 if legacy_gather else 0] * WORLD
 
     z, t, a = _global_batch()
     z = z.requires_grad_(True)

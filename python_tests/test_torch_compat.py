@@ -44,7 +44,7 @@ def test_all_gather_prefers_all_gather_single(monkeypatch):
     calls = []
     monkeypatch.setattr(funcol, "all_gather_single", _recorder(calls, "single"), raising=False)
     monkeypatch.setattr(funcol, "all_gather_tensor_autograd", _recorder(calls, "legacy"), raising=False)
-    out = _torch_compat.all_gather_rows(torch.ones(2, 3).t(), group=None)  # non-contiguous input
+    out = _torch_compat.functional_all_gather_rows(torch.ones(2, 3).t(), group=None)  # non-contiguous input
     assert calls == ["single"] and out.shape == (6, 2)
 
 
@@ -56,7 +56,7 @@ def test_all_gather_falls_back_to_all_gather_tensor_autograd(monkeypatch):
     calls = []
     monkeypatch.delattr(funcol, "all_gather_single", raising=False)
     monkeypatch.setattr(funcol, "all_gather_tensor_autograd", _recorder(calls, "legacy"), raising=False)
-    assert _torch_compat.all_gather_rows(torch.ones(2, 3), group=None).shape == (4, 3)
+    assert _torch_compat.functional_all_gather_rows(torch.ones(2, 3), group=None).shape == (4, 3)
     assert calls == ["legacy"]
 
 
