@@ -7,6 +7,10 @@ import torch
 
 from lmcl_testing import PHOTOS, ROOT, TOLERANCES
 
+# Processes the tests start (mp.spawn ranks, torchrun, the CLI) print every thread's Python stack if a signal
+# kills them, into the output pytest shows for a failure.
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")
+
 
 @pytest.fixture(scope="session")
 def tolerances():

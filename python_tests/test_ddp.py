@@ -48,8 +48,7 @@ def _free_port() -> int:
 
 def _torchrun(args: list, log_path: str) -> subprocess.Popen:
     """`python -m torch.distributed.run --nproc_per_node=2 -m lmcl_fast.cli train ...` (gloo on CPU)."""
-    # PYTHONFAULTHANDLER: a rank that dies by a signal prints every thread's Python stack into the log.
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1",
+    env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
            "-m", "lmcl_fast.cli", "train"] + args
