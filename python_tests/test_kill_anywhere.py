@@ -94,7 +94,8 @@ GLOO_PEER_LOST = ("Connection reset by peer", "Connection closed by peer")
 
 def _run_to_end(args, ranks, out, hook, name) -> None:
     """Run to the end. A resumed multi-rank run that loses a gloo peer is resumed once more, as its user would:
-    the checkpoint it resumes from is what the test checks, not the machine's scheduling."""
+    the checkpoint it resumes from is what the test checks, not the machine's scheduling. (The one such CI
+    failure, at stop 11, may have been a rank crash of the functional all-gather, since replaced.)"""
     os.makedirs(out, exist_ok=True)
     retries = 1 if ranks > 1 and "--resume" in args else 0
     for attempt in range(retries + 1):
@@ -103,7 +104,9 @@ def _run_to_end(args, ranks, out, hook, name) -> None:
         if proc.wait(timeout=300) == 0:
             return
         text = _log_text(log)
-        if not any(words in text for words in GLOO_PEER_LOST):
+        # A rank that crashed (faulthandler's words) is a failure, not the scheduling, even if its peer then
+        # lost the connection.
+        if "Fatal Python error" in text or not any(words in text for words in GLOO_PEER_LOST):
             break
     pytest.fail(f"{name} run failed:\n{text}")
 
