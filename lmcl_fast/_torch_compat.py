@@ -12,6 +12,7 @@ import inspect
 import re
 
 import torch
+import torch.distributed as dist
 
 MIN_TORCH = (2, 4)
 
@@ -42,8 +43,6 @@ class _AllGatherRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, group):
-        import torch.distributed as dist
-
         ctx.group = group
         out = x.new_empty((dist.get_world_size(group) * x.shape[0],) + tuple(x.shape[1:]))
         dist.all_gather_into_tensor(out, x, group=group)
@@ -51,8 +50,6 @@ class _AllGatherRows(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        import torch.distributed as dist
-
         grad = grad.contiguous()
         out = grad.new_empty((grad.shape[0] // dist.get_world_size(ctx.group),) + tuple(grad.shape[1:]))
         dist.reduce_scatter_tensor(out, grad, group=ctx.group)
@@ -79,9 +76,10 @@ def all_gather_rows(x: torch.Tensor, group) -> torch.Tensor:
     Eager calls use the plain c10d collectives (`all_gather_into_tensor`, `reduce_scatter_tensor`). With gloo,
     two functional all-gathers in flight at once (`all_gather_single` of the keys and of the teacher, each
     waited only when used) corrupt the heap in torch 2.13: a 2-rank loop of them and their backward died in 3
-    of 3 runs of 3000 steps ("malloc(): unaligned tcache chunk detected", SIGSEGV), in the trainer about once
-    in twenty 2-rank tests; the same loop through this function ran clean 6 times. Under torch.compile the
-    functional form is needed (it is traceable); it is waited for at once, which ran clean 4 times."""
+    of 3 runs of 3000 steps ("malloc(): unaligned tcache chunk detected", SIGSEGV), and it was the rare rank
+    crash of the 2-rank training tests in CI; the same loop through this function ran clean 6 times. Under
+    torch.compile the functional form is needed (it is traceable); it is waited for at once, which ran clean
+    4 times."""
     if torch.compiler.is_compiling():
         return functional_all_gather_rows(x, group)
     return _AllGatherRows.apply(x.contiguous(), group)

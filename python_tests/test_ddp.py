@@ -48,8 +48,7 @@ def _free_port() -> int:
 
 def _torchrun(args: list, log_path: str) -> subprocess.Popen:
     """`python -m torch.distributed.run --nproc_per_node=2 -m lmcl_fast.cli train ...` (gloo on CPU)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
            "-m", "lmcl_fast.cli", "train"] + args
     return subprocess.Popen(cmd, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)

@@ -336,12 +336,12 @@ inline int64_t strip_images(int64_t images, int64_t N, int64_t key_rows, int64_t
 // loss, leaving the pair weights exp(logit - max) in place (lse_row_weights); and, for the inputs in
 // `needs`, the pair gradients from those weights in place (one exp per pair in all), its rows of dq and da,
 // and its addition to the worker's share of dkz and dkt. Worker 0 adds into the gradients themselves; the
-// other shares are added after the region, in worker order. As every key is in the strip when its row LSE is known, the pair
-// gradients reuse the forward's similarities: three GEMMs per step at every size instead of the tile loop's
-// four. A small problem is one strip per worker: one parallel region instead of a dozen (each waits for its
-// slowest thread, which on a busy machine may be descheduled), and the element-wise passes run on every
-// thread. A row's values differ from the tile loop's by the GEMMs' summation order and the rounding of
-// w * scale / sum against exp(logit - lse) * scale.
+// other shares are added after the region, in worker order. As every key is in the strip when its row LSE
+// is known, the pair gradients reuse the forward's similarities: three GEMMs per step at every size instead
+// of the tile loop's four. A small problem is one strip per worker: one parallel region instead of a dozen
+// (each waits for its slowest thread, which on a busy machine may be descheduled), and the element-wise
+// passes run on every thread. A row's values differ from the tile loop's by the GEMMs' summation order and
+// the rounding of w * scale / sum against exp(logit - lse) * scale.
 template <typename acc_t, typename Passes>
 ForwardOutputs lmc_loss_forward_row_strips(Passes& passes, const Normalized<acc_t>& n, const int64_t* anchor_ptr,
                                            int64_t N, int64_t T, const LmcOptions& o, GradNeeds needs) {
