@@ -9,6 +9,7 @@ in 2.4. Every newer API is used through a feature check below, never a version c
 from __future__ import annotations
 
 import inspect
+import math
 import re
 
 import torch
@@ -38,22 +39,50 @@ def check_torch_version(version: str | None = None) -> None:
         )
 
 
+def _packable(tensors) -> bool:
+    """Whether tensors can travel in one collective: one dtype, one device, the same number of rows."""
+    first = tensors[0]
+    return all(t.dtype == first.dtype and t.device == first.device and t.shape[0] == first.shape[0] for t in tensors)
+
+
+def _pack_rows(tensors) -> torch.Tensor:
+    """[rows, sum of the tensors' row sizes]: each row holds that row of every tensor, side by side."""
+    rows = tensors[0].shape[0]
+    if len(tensors) == 1:
+        return tensors[0].reshape(rows, math.prod(tensors[0].shape[1:]))
+    return torch.cat([t.reshape(rows, math.prod(t.shape[1:])) for t in tensors], dim=1)
+
+
+def _unpack_rows(packed: torch.Tensor, row_shapes) -> tuple:
+    """The inverse of _pack_rows: contiguous tensors of `packed`'s rows, each row shaped as in `row_shapes`."""
+    parts = packed.split([math.prod(shape) for shape in row_shapes], dim=1)
+    return tuple(part.contiguous().view((packed.shape[0],) + tuple(shape)) for part, shape in zip(parts, row_shapes))
+
+
 class _AllGatherRows(torch.autograd.Function):
-    """Eager all-gather along dim 0 with the plain c10d collectives; backward: the sum-reduce-scatter."""
+    """Eager all-gather along dim 0 of tensors packed side by side, in one c10d collective; backward: one
+    sum-reduce-scatter of the gradients that are needed (a detached EMA teacher adds no bytes to it)."""
 
     @staticmethod
-    def forward(ctx, x, group):
+    def forward(ctx, group, *tensors):
         ctx.group = group
-        out = x.new_empty((dist.get_world_size(group) * x.shape[0],) + tuple(x.shape[1:]))
-        dist.all_gather_into_tensor(out, x, group=group)
-        return out
+        ctx.row_shapes = [tuple(t.shape[1:]) for t in tensors]
+        packed = _pack_rows(tensors)
+        out = packed.new_empty((dist.get_world_size(group) * packed.shape[0], packed.shape[1]))
+        dist.all_gather_into_tensor(out, packed, group=group)
+        return _unpack_rows(out, ctx.row_shapes)
 
     @staticmethod
-    def backward(ctx, grad):
-        grad = grad.contiguous()
-        out = grad.new_empty((grad.shape[0] // dist.get_world_size(ctx.group),) + tuple(grad.shape[1:]))
-        dist.reduce_scatter_tensor(out, grad, group=ctx.group)
-        return out, None
+    def backward(ctx, *grads):  # grads of unused outputs arrive as zeros (autograd materialises them)
+        needed = [i for i, need in enumerate(ctx.needs_input_grad[1:]) if need]
+        result = [None] * len(grads)
+        if needed:
+            packed = _pack_rows([grads[i] for i in needed])
+            out = packed.new_empty((packed.shape[0] // dist.get_world_size(ctx.group), packed.shape[1]))
+            dist.reduce_scatter_tensor(out, packed, group=ctx.group)
+            for i, grad in zip(needed, _unpack_rows(out, [ctx.row_shapes[i] for i in needed])):
+                result[i] = grad
+        return (None, *result)
 
 
 def functional_all_gather_rows(x: torch.Tensor, group) -> torch.Tensor:
@@ -69,20 +98,29 @@ def functional_all_gather_rows(x: torch.Tensor, group) -> torch.Tensor:
     return funcol.wait_tensor(gather(x.contiguous(), 0, group))
 
 
-def all_gather_rows(x: torch.Tensor, group) -> torch.Tensor:
-    """Differentiable all-gather of `x` along dim 0 over `group`: the backward is a sum-reduce-scatter, so each
-    rank gets the sum of every rank's gradient for its own rows.
+def all_gather_rows(tensors, group) -> tuple:
+    """Differentiable all-gather of each tensor of `tensors` along dim 0 over `group`, as a tuple; the backward
+    is a sum-reduce-scatter, so each rank gets the sum of every rank's gradient for its own rows. Tensors of one
+    dtype, device and row count travel packed side by side in one collective (the keys and the teacher of
+    `lmc_loss`: one all-gather a step instead of two); others are gathered one by one.
 
     Eager calls use the plain c10d collectives (`all_gather_into_tensor`, `reduce_scatter_tensor`). With gloo,
     two functional all-gathers in flight at once (`all_gather_single` of the keys and of the teacher, each
     waited only when used) corrupt the heap in torch 2.13: a 2-rank loop of them and their backward died in 3
     of 3 runs of 3000 steps ("malloc(): unaligned tcache chunk detected", SIGSEGV), and it was the rare rank
-    crash of the 2-rank training tests in CI; the same loop through this function ran clean 6 times. Under
+    crash of the 2-rank training tests in CI; the same loop through the c10d form ran clean 6 times. Under
     torch.compile the functional form is needed (it is traceable); it is waited for at once, which ran clean
     4 times."""
+    tensors = tuple(tensors)
+    if not tensors:
+        return ()
+    if not _packable(tensors):
+        return tuple(t for x in tensors for t in all_gather_rows((x,), group))
     if torch.compiler.is_compiling():
-        return functional_all_gather_rows(x, group)
-    return _AllGatherRows.apply(x.contiguous(), group)
+        if len(tensors) == 1:
+            return (functional_all_gather_rows(tensors[0], group),)
+        return _unpack_rows(functional_all_gather_rows(_pack_rows(tensors), group), [t.shape[1:] for t in tensors])
+    return _AllGatherRows.apply(group, *tensors)
 
 
 def ddp_accepts_forward_sync_buffers(ddp_class=None) -> bool:

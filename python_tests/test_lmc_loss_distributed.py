@@ -25,7 +25,7 @@ def _global_batch():
     return z, t, a
 
 
-def _worker(rank, init_file, out_dir, with_teacher, legacy_gather):
+def _worker(rank, init_file, out_dir, teacher_mode, legacy_gather):
     torch.set_num_threads(1)
     from torch.distributed import _functional_collectives as funcol
 
@@ -46,36 +46,48 @@ def _worker(rank, init_file, out_dir, with_teacher, legacy_gather):
             raise AssertionError("eager lmc_loss(group=) called a functional all-gather")
 
         funcol.all_gather_single = funcol.all_gather_tensor_autograd = refuse
+    collectives = []  # the c10d collectives of one eager forward and backward
+    for name in ("all_gather_into_tensor", "reduce_scatter_tensor"):
+        def counted(*args, _name=name, _collective=getattr(dist, name), **kwargs):
+            collectives.append(_name)
+            return _collective(*args, **kwargs)
+
+        setattr(dist, name, counted)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         z, t, a = _global_batch()
         rows = slice(rank * B, (rank + 1) * B)
         z_local = z[rows].clone().requires_grad_(True)
-        t_local = t[rows].clone().requires_grad_(True) if with_teacher else None
+        t_local = None if teacher_mode == "none" else t[rows].clone().requires_grad_(teacher_mode == "grad")
         # The functional all-gather is the torch.compile path ("eager" backend: Dynamo's trace, no codegen).
         loss_fn = torch.compile(lmc_loss, backend="eager", fullgraph=True) if legacy_gather else lmc_loss
         loss = loss_fn(z_local, a[rows], t_local, group=dist.group.WORLD, **KW)
         loss.backward()
-        torch.save(dict(loss=loss.detach(), z_grad=z_local.grad, t_grad=t_local.grad if with_teacher else None,
-                        legacy_calls=len(legacy_calls)), os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(dict(loss=loss.detach(), z_grad=z_local.grad, t_grad=None if t_local is None else t_local.grad,
+                        legacy_calls=len(legacy_calls), collectives=collectives),
+                   os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-# Eager with a teacher (two all-gathers, c10d); teacher=None compiled, through the all-gather of torch 2.4 - 2.12
-# (all_gather_single hidden).
-@pytest.mark.parametrize("with_teacher, legacy_gather", [(True, False), (False, True)],
-                         ids=["teacher-eager", "teacher-none-compiled-legacy-gather"])
-def test_group_matches_single_process_global_batch(tmp_path, with_teacher, legacy_gather):
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path), with_teacher, legacy_gather), nprocs=WORLD,
+# Eager (c10d collectives) with a teacher that takes a gradient and with a detached (EMA) one; compiled, through
+# the all-gather of torch 2.4 - 2.12 (all_gather_single hidden), with no teacher and with one.
+@pytest.mark.parametrize("teacher_mode, legacy_gather", [("grad", False), ("detached", False), ("none", True),
+                                                         ("grad", True)],
+                         ids=["teacher-eager", "detached-teacher-eager", "teacher-none-compiled-legacy-gather",
+                              "teacher-compiled-legacy-gather"])
+def test_group_matches_single_process_global_batch(tmp_path, teacher_mode, legacy_gather):
+    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path), teacher_mode, legacy_gather), nprocs=WORLD,
              join=True)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
-    # The compiled fallback gathers once with teacher=None (the keys serve as both).
+    # One gather a call: the keys and the teacher travel packed together.
     assert [r["legacy_calls"] for r in results] == [1 if legacy_gather else 0] * WORLD
+    if not legacy_gather:  # one all-gather forward, one reduce-scatter of the needed key gradients backward
+        assert [r["collectives"] for r in results] == [["all_gather_into_tensor", "reduce_scatter_tensor"]] * WORLD
 
     z, t, a = _global_batch()
     z = z.requires_grad_(True)
-    t = t.requires_grad_(True) if with_teacher else None
+    t = None if teacher_mode == "none" else t.requires_grad_(teacher_mode == "grad")
     loss = lmc_loss(z, a, t, **KW)
     loss.backward()
 
@@ -84,7 +96,9 @@ def test_group_matches_single_process_global_batch(tmp_path, with_teacher, legac
     grad_tol = TOLERANCES[("lmc_loss_grad", torch.float32)]
     for rank, r in enumerate(results):
         rows = slice(rank * B, (rank + 1) * B)
-        pairs = [(r["z_grad"], z.grad[rows])] + ([(r["t_grad"], t.grad[rows])] if with_teacher else [])
+        pairs = [(r["z_grad"], z.grad[rows])] + ([(r["t_grad"], t.grad[rows])] if teacher_mode == "grad" else [])
+        if teacher_mode == "detached":
+            assert r["t_grad"] is None
         for got, single in pairs:
             expected = WORLD * single
             atol = grad_tol["atol_per_max"] * max(expected.abs().max().item(), 1.0)
@@ -101,7 +115,7 @@ def _two_gathers_worker(rank, init_file, steps):
             b = 3 + step % 2  # the batch size changes between steps, as after skipped images
             x = torch.full((b, N, D), float(rank + 1), requires_grad=True)
             x2 = torch.full((b, N, D), float(10 * (rank + 1)), requires_grad=True)
-            keys, teacher_keys = all_gather_rows(x, dist.group.WORLD), all_gather_rows(x2, dist.group.WORLD)
+            (keys,), (teacher_keys,) = all_gather_rows((x,), dist.group.WORLD), all_gather_rows((x2,), dist.group.WORLD)
             (keys * teacher_keys).sum().backward()
         # Read once at the end: reading the gradients every step would wait for each collective in turn.
         # d/dx of sum_ranks(keys * teacher_keys), summed over the ranks: WORLD x this rank's x2.

@@ -60,6 +60,48 @@ def test_all_gather_falls_back_to_all_gather_tensor_autograd(monkeypatch):
     assert calls == ["legacy"]
 
 
+class _TwoRankCollectives:
+    """c10d's all_gather_into_tensor / reduce_scatter_tensor for a pretend world of 2 whose other rank holds this
+    rank's data + 100 (so the gathered rows show which rank they came from); calls are recorded."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        monkeypatch.setattr(_torch_compat.dist, "get_world_size", lambda group=None: 2)
+        monkeypatch.setattr(_torch_compat.dist, "all_gather_into_tensor", self.all_gather_into_tensor)
+        monkeypatch.setattr(_torch_compat.dist, "reduce_scatter_tensor", self.reduce_scatter_tensor)
+
+    def all_gather_into_tensor(self, out, x, group=None):
+        self.calls.append(("all_gather", x.dtype, tuple(x.shape)))
+        out.copy_(torch.cat([x, x + 100]))
+
+    def reduce_scatter_tensor(self, out, x, group=None):  # both ranks send the same gradient: 2x this rank's rows
+        self.calls.append(("reduce_scatter", x.dtype, tuple(x.shape)))
+        out.copy_(2 * x[: out.shape[0]])
+
+
+def test_all_gather_rows_packs_tensors_of_one_dtype_into_one_collective(monkeypatch):
+    collectives = _TwoRankCollectives(monkeypatch)
+    keys = torch.randn(3, 4, 5, requires_grad=True)
+    teacher = torch.randn(3, 2)  # detached, as an EMA teacher: no gradient is sent back for it
+    gathered_keys, gathered_teacher = _torch_compat.all_gather_rows((keys, teacher), group=None)
+    assert torch.equal(gathered_keys, torch.cat([keys, keys + 100]).detach())
+    assert torch.equal(gathered_teacher, torch.cat([teacher, teacher + 100]))
+    assert gathered_keys.is_contiguous() and gathered_teacher.is_contiguous()
+    weight = torch.randn(6, 4, 5)
+    (gathered_keys * weight).sum().backward()
+    torch.testing.assert_close(keys.grad, 2 * weight[:3])
+    assert collectives.calls == [("all_gather", torch.float32, (3, 22)), ("reduce_scatter", torch.float32, (6, 20))]
+
+
+def test_all_gather_rows_gathers_mixed_dtypes_one_by_one(monkeypatch):
+    collectives = _TwoRankCollectives(monkeypatch)
+    a, b = torch.ones(2, 3), torch.ones(2, 3, dtype=torch.float64)
+    gathered_a, gathered_b = _torch_compat.all_gather_rows((a, b), group=None)
+    assert gathered_a.dtype == torch.float32 and gathered_b.dtype == torch.float64
+    assert torch.equal(gathered_b, torch.cat([b, b + 100]))
+    assert [call[:2] for call in collectives.calls] == [("all_gather", torch.float32), ("all_gather", torch.float64)]
+
+
 class _NewDDP:
     """DistributedDataParallel's constructor as torch >= 2.13 has it (forward_sync_buffers=)."""
     def __init__(self, module, device_ids=None, broadcast_buffers=None, process_group=None,

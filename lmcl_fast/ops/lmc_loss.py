@@ -213,8 +213,12 @@ def lmc_loss(z, anchor_idx, teacher=None, tau=0.1, intra_weight=0.5, manifold_we
     if not torch.compiler.is_compiling() and not isinstance(group, dist.ProcessGroup):
         raise TypeError(f"lmc_loss: group must be a torch.distributed ProcessGroup (e.g. dist.group.WORLD after "
                         f"init_process_group) or None, got {type(group).__name__} {group!r}")
-    # Differentiable all-gathers (their backward sums every rank's key gradients onto the owners' rows).
-    z_keys = all_gather_rows(z, group)
-    teacher_keys = z_keys if teacher is None else all_gather_rows(teacher_in, group)
+    # A differentiable all-gather (its backward sums every rank's key gradients onto the owners' rows); the keys
+    # and the teacher travel together in one collective.
+    if teacher is None:
+        (z_keys,) = all_gather_rows((z,), group)
+        teacher_keys = z_keys
+    else:
+        z_keys, teacher_keys = all_gather_rows((z, teacher_in), group)
     key_offset = dist.get_rank(group) * z.shape[0]
     return _loss(z, anchor_idx, z_keys, teacher_keys, key_offset, args)
