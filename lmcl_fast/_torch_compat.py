@@ -59,6 +59,13 @@ def _unpack_rows(packed: torch.Tensor, row_shapes) -> tuple:
     return tuple(part.contiguous().view((packed.shape[0],) + tuple(shape)) for part, shape in zip(parts, row_shapes))
 
 
+def _c10d(name: str, legacy_name: str):
+    """A c10d collective by its torch >= 2.13 name (`all_gather_single`, `reduce_scatter_single`), else by the name
+    of 2.4 - 2.12, which 2.13 keeps with a FutureWarning at every call site."""
+    collective = getattr(dist, name, None)
+    return collective if collective is not None else getattr(dist, legacy_name)
+
+
 class _AllGatherRows(torch.autograd.Function):
     """Eager all-gather along dim 0 of tensors packed side by side, in one c10d collective; backward: one
     sum-reduce-scatter of the gradients that are needed (a detached EMA teacher adds no bytes to it)."""
@@ -69,7 +76,7 @@ class _AllGatherRows(torch.autograd.Function):
         ctx.row_shapes = [tuple(t.shape[1:]) for t in tensors]
         packed = _pack_rows(tensors)
         out = packed.new_empty((dist.get_world_size(group) * packed.shape[0], packed.shape[1]))
-        dist.all_gather_into_tensor(out, packed, group=group)
+        _c10d("all_gather_single", "all_gather_into_tensor")(out, packed, group=group)
         return _unpack_rows(out, ctx.row_shapes)
 
     @staticmethod
@@ -79,7 +86,7 @@ class _AllGatherRows(torch.autograd.Function):
         if needed:
             packed = _pack_rows([grads[i] for i in needed])
             out = packed.new_empty((packed.shape[0] // dist.get_world_size(ctx.group), packed.shape[1]))
-            dist.reduce_scatter_tensor(out, packed, group=ctx.group)
+            _c10d("reduce_scatter_single", "reduce_scatter_tensor")(out, packed, group=ctx.group)
             for i, grad in zip(needed, _unpack_rows(out, [ctx.row_shapes[i] for i in needed])):
                 result[i] = grad
         return (None, *result)
@@ -104,7 +111,8 @@ def all_gather_rows(tensors, group) -> tuple:
     dtype, device and row count travel packed side by side in one collective (the keys and the teacher of
     `lmc_loss`: one all-gather a step instead of two); others are gathered one by one.
 
-    Eager calls use the plain c10d collectives (`all_gather_into_tensor`, `reduce_scatter_tensor`). With gloo,
+    Eager calls use the plain c10d collectives (`all_gather_single` and `reduce_scatter_single`, named
+    `all_gather_into_tensor` and `reduce_scatter_tensor` before torch 2.13). With gloo,
     two functional all-gathers in flight at once (`all_gather_single` of the keys and of the teacher, each
     waited only when used) corrupt the heap in torch 2.13: a 2-rank loop of them and their backward died in 3
     of 3 runs of 3000 steps ("malloc(): unaligned tcache chunk detected", SIGSEGV), and it was the rare rank

@@ -64,23 +64,33 @@ class _TwoRankCollectives:
     """c10d's all_gather_into_tensor / reduce_scatter_tensor for a pretend world of 2 whose other rank holds this
     rank's data + 100 (so the gathered rows show which rank they came from); calls are recorded."""
 
-    def __init__(self, monkeypatch):
+    def __init__(self, monkeypatch, legacy_names=False):
         self.calls = []
-        monkeypatch.setattr(_torch_compat.dist, "get_world_size", lambda group=None: 2)
-        monkeypatch.setattr(_torch_compat.dist, "all_gather_into_tensor", self.all_gather_into_tensor)
-        monkeypatch.setattr(_torch_compat.dist, "reduce_scatter_tensor", self.reduce_scatter_tensor)
+        dist = _torch_compat.dist
+        monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+        if legacy_names:  # torch 2.4 - 2.12: all_gather_into_tensor and reduce_scatter_tensor only
+            monkeypatch.delattr(dist, "all_gather_single", raising=False)
+            monkeypatch.delattr(dist, "reduce_scatter_single", raising=False)
+            monkeypatch.setattr(dist, "all_gather_into_tensor", self.all_gather, raising=False)
+            monkeypatch.setattr(dist, "reduce_scatter_tensor", self.reduce_scatter, raising=False)
+        else:  # torch >= 2.13, whose old names warn: they must not be called
+            monkeypatch.setattr(dist, "all_gather_single", self.all_gather, raising=False)
+            monkeypatch.setattr(dist, "reduce_scatter_single", self.reduce_scatter, raising=False)
+            monkeypatch.setattr(dist, "all_gather_into_tensor", None, raising=False)
+            monkeypatch.setattr(dist, "reduce_scatter_tensor", None, raising=False)
 
-    def all_gather_into_tensor(self, out, x, group=None):
+    def all_gather(self, out, x, group=None):
         self.calls.append(("all_gather", x.dtype, tuple(x.shape)))
         out.copy_(torch.cat([x, x + 100]))
 
-    def reduce_scatter_tensor(self, out, x, group=None):  # both ranks send the same gradient: 2x this rank's rows
+    def reduce_scatter(self, out, x, group=None):  # both ranks send the same gradient: 2x this rank's rows
         self.calls.append(("reduce_scatter", x.dtype, tuple(x.shape)))
         out.copy_(2 * x[: out.shape[0]])
 
 
-def test_all_gather_rows_packs_tensors_of_one_dtype_into_one_collective(monkeypatch):
-    collectives = _TwoRankCollectives(monkeypatch)
+@pytest.mark.parametrize("legacy_names", [False, True], ids=["torch>=2.13-names", "torch<2.13-names"])
+def test_all_gather_rows_packs_tensors_of_one_dtype_into_one_collective(monkeypatch, legacy_names):
+    collectives = _TwoRankCollectives(monkeypatch, legacy_names)
     keys = torch.randn(3, 4, 5, requires_grad=True)
     teacher = torch.randn(3, 2)  # detached, as an EMA teacher: no gradient is sent back for it
     gathered_keys, gathered_teacher = _torch_compat.all_gather_rows((keys, teacher), group=None)
