@@ -61,8 +61,9 @@ def test_all_gather_falls_back_to_all_gather_tensor_autograd(monkeypatch):
 
 
 class _TwoRankCollectives:
-    """c10d's all_gather_into_tensor / reduce_scatter_tensor for a pretend world of 2 whose other rank holds this
-    rank's data + 100 (so the gathered rows show which rank they came from); calls are recorded."""
+    """c10d's all-gather and reduce-scatter (under the names of torch >= 2.13 or of 2.4 - 2.12) for a pretend world
+    of 2 whose other rank holds this rank's data + 100 (so the gathered rows show which rank they came from);
+    calls are recorded."""
 
     def __init__(self, monkeypatch, legacy_names=False):
         self.calls = []
