@@ -240,6 +240,23 @@ def test_key_tiles_that_split_images_match_reference(key_tile):
         assert_grad_close(g, rg)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_strips_wider_than_one_similarity_gemm_match_reference(threads):
+    # B = 160, N = 8: each worker's strip of up to 1280 rows against 1280 keys computes its similarities in
+    # several GEMMs of key blocks (host/lmc_loss.h, strip_similarities), the last one narrower.
+    case = _case(160, 8, 8, tau=0.07)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        value, grads = _value_and_grads(lmc_loss, case)
+    finally:
+        torch.set_num_threads(previous)
+    ref, ref_grads = _value_and_grads(reference_lmc_loss, case, torch.float64)
+    torch.testing.assert_close(value.double(), ref, **TOLERANCES[("lmc_loss", torch.float32)])
+    for g, rg in zip(grads, ref_grads):
+        assert_grad_close(g, rg)
+
+
 def test_keys_beyond_the_local_batch_are_negatives():
     # What a rank computes under group=: its queries against the gathered keys, located by key_offset.
     # The loss of images 2..3 among keys 0..5 equals the loss on all 6 images restricted to those rows;

@@ -330,10 +330,28 @@ inline int64_t strip_images(int64_t images, int64_t N, int64_t key_rows, int64_t
   return std::clamp<int64_t>(strip, 1, std::max<int64_t>(per_worker, 1));
 }
 
+// Output floats per GEMM of a strip's similarities (strip_similarities): 1 MiB, about one core's L2.
+constexpr int64_t kStripGemmFloats = int64_t(1) << 18;
+
+// s = q k^T for a strip of query rows against every key, in blocks of keys of about kStripGemmFloats outputs
+// (at least 256 keys): MKL clears its output before it accumulates, and a block's output is still in L2 when
+// the products land, where one GEMM over all keys sends the whole strip through memory twice. The same bits
+// as one GEMM in every case measured; at M = 65,536 (256-row strips, 1024 keys per block) the op ran 12 %
+// faster (bench/RESULTS.md, stop 15).
+inline void strip_similarities(at::Tensor& s, const at::Tensor& q, const at::Tensor& k) {
+  const int64_t keys = k.size(0);
+  const int64_t block = std::max<int64_t>(256, kStripGemmFloats / std::max<int64_t>(q.size(0), 1));
+  for (int64_t c0 = 0; c0 < keys; c0 += block) {
+    const int64_t c = std::min(block, keys - c0);
+    at::Tensor out = s.narrow(1, c0, c);
+    at::mm_out(out, q, k.narrow(0, c0, c).t());
+  }
+}
+
 // The forward over row strips, on a backend that runs blocks of images in parallel (Passes::kRowBlocks: the
 // CPU). One parallel region: each worker takes a contiguous block of images and runs it in strips of rows
-// against every key at once. Per strip: its similarities (a GEMM of its own); each row's log-sum-exp and
-// loss, leaving the pair weights exp(logit - max) in place (lse_row_weights); and, for the inputs in
+// against every key at once. Per strip: its similarities (GEMMs of its own, strip_similarities); each row's
+// log-sum-exp and loss, leaving the pair weights exp(logit - max) in place (lse_row_weights); and, for the inputs in
 // `needs`, the pair gradients from those weights in place (one exp per pair in all), its rows of dq and da,
 // and its addition to the worker's share of dkz and dkt. Worker 0 adds into the gradients themselves; the
 // other shares are added after the region, in worker order. As every key is in the strip when its row LSE
@@ -408,10 +426,10 @@ ForwardOutputs lmc_loss_forward_row_strips(Passes& passes, const Normalized<acc_
       const at::Tensor a_rows = n.anchors.narrow(0, b0, b1 - b0);
       at::Tensor s_rows = tile_view(s_buf, r1 - r0, Mk);
       at::Tensor sc_rows = tile_view(sc_buf, b1 - b0, Mk);
-      at::mm_out(s_rows, q_rows, n.kt.t());
+      strip_similarities(s_rows, q_rows, n.kt);
       passes.template serial<LseWeightsRowBody<acc_t>>(man.update(s_rows, 0, o, r0), r0, r1);
       passes.template serial<FinalizeBody<acc_t>>(man_fin_p, r0, r1);
-      at::mm_out(sc_rows, a_rows, n.kz.t());
+      strip_similarities(sc_rows, a_rows, n.kz);
       passes.template serial<LseWeightsRowBody<acc_t>>(clu.update(sc_rows, 0, o, b0), b0, b1);
       passes.template serial<FinalizeBody<acc_t>>(clu_fin_p, b0, b1);
       if (need_q || need_kt) {
