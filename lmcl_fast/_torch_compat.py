@@ -125,8 +125,6 @@ def all_gather_rows(tensors, group) -> tuple:
     if not _packable(tensors):
         return tuple(t for x in tensors for t in all_gather_rows((x,), group))
     if torch.compiler.is_compiling():
-        if len(tensors) == 1:
-            return (functional_all_gather_rows(tensors[0], group),)
         return _unpack_rows(functional_all_gather_rows(_pack_rows(tensors), group), [t.shape[1:] for t in tensors])
     return _AllGatherRows.apply(group, *tensors)
 
